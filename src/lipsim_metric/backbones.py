@@ -1,0 +1,163 @@
+"""1-Lipschitz feature extractors and their registry.
+
+Every backbone maps a float RGB image ``(N, 3, S, S)`` in ``[0, 1]`` (``S = input_size``, 224 for all shipped
+variants) to features ``(N, embed_dim)`` and is 1-Lipschitz in l2 *by construction*: it is a composition of the
+blocks of :mod:`lipsim_metric.layers`, each 1-Lipschitz, plus a constant shift of the input (an isometry).
+
+Registered variants:
+
+``lipsim-paper-small``
+    The published LipSim "small" network (Ghazanfari et al., ICLR 2024, arXiv:2310.18274, built on the SLL
+    "small" network of Araujo et al., ICLR 2023): zero-pad RGB to 45 channels, 20 SLL convolutions (hidden
+    width 5) at full 224x224 resolution, two 4x4 sum-pools divided by 4 (224 -> 56 -> 14), flatten
+    45*14*14 = 8820, 7 SLL dense layers (hidden width 1024), keep the first 1792 outputs. Its SLL convolutions
+    use the official code's ``t`` (``q`` cancels; see :class:`~lipsim_metric.layers.SLLConv2d`), so the authors'
+    checkpoints load unchanged (see :mod:`lipsim_metric.convert`).
+
+``lipsim-fast`` (the default)
+    Designed here for throughput at the same input contract: subtract the ImageNet mean (a shift), pixel-unshuffle
+    by 4 (3x224x224 -> 48x56x56, an isometry), 3 SLL convolutions (hidden 24) at 56x56, pixel-unshuffle by 2
+    (-> 192x28x28), 3 SLL convolutions (hidden 32) at 28x28, 4x4 sum-pool / 4 (-> 192x7x7 = 9408), 2 SLL dense
+    layers (hidden 512), keep the first ``embed_dim`` (2304) outputs. About 40x fewer activations than the paper
+    network; see ``benchmarks/RESULTS.md`` for measured speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import ChannelZeroPad, Flatten, PixelUnshuffle, SLLConv2d, SLLLinear, SumPool2d, Truncate
+
+__all__ = ["LipschitzBackbone", "create_backbone", "list_backbones", "register_backbone", "DEFAULT_BACKBONE"]
+
+DEFAULT_BACKBONE = "lipsim-fast"
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+class LipschitzBackbone(nn.Module):
+    """A 1-Lipschitz map from ``(N, 3, input_size, input_size)`` images in [0, 1] to ``(N, embed_dim)``.
+
+    Attributes:
+        input_size: the spatial size the network expects (square).
+        embed_dim: number of output features.
+        name: registry name of the variant.
+    """
+
+    def __init__(self, name: str, input_size: int, embed_dim: int, input_shift: tuple[float, ...] | None) -> None:
+        super().__init__()
+        self.name, self.input_size, self.embed_dim = name, input_size, embed_dim
+        shift = torch.tensor(input_shift if input_shift is not None else (0.0, 0.0, 0.0)).reshape(1, 3, 1, 1)
+        self.register_buffer("input_shift", shift, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Subtracting a constant is an isometry, so it does not change the Lipschitz constant.
+        return self.body(x - self.input_shift.to(x.dtype))
+
+    body: nn.Module
+
+
+class PaperSmall(LipschitzBackbone):
+    """The published LipSim small network; parameter names follow the official checkpoint layout."""
+
+    def __init__(
+        self,
+        channels: int = 45,
+        conv_depth: int = 20,
+        conv_hidden: int = 5,
+        linear_depth: int = 7,
+        linear_hidden: int = 1024,
+        embed_dim: int = 1792,
+        input_size: int = 224,
+    ) -> None:
+        super().__init__("lipsim-paper-small", input_size, embed_dim, input_shift=None)
+        if input_size % 16:
+            raise ValueError(f"input_size must be a multiple of 16 (two 4x4 pools), got {input_size}")
+        features = channels * (input_size // 16) ** 2
+        self.pad = ChannelZeroPad(3, channels)
+        self.convs = nn.Sequential(*[SLLConv2d(channels, conv_hidden, 3, q_weighted=False) for _ in range(conv_depth)])
+        self.pool = nn.Sequential(SumPool2d(4), SumPool2d(4), Flatten())
+        self.linear = nn.Sequential(*[SLLLinear(features, linear_hidden) for _ in range(linear_depth)])
+        self.trunc = Truncate(embed_dim)
+        self.body = nn.Sequential(self.pad, self.convs, self.pool, self.linear, self.trunc)
+
+
+class FastBackbone(LipschitzBackbone):
+    """The default efficient variant (see module docstring)."""
+
+    def __init__(
+        self,
+        stage1_depth: int = 3,
+        stage1_hidden: int = 24,
+        stage2_depth: int = 3,
+        stage2_hidden: int = 32,
+        linear_depth: int = 2,
+        linear_hidden: int = 512,
+        embed_dim: int = 2304,
+        input_size: int = 224,
+    ) -> None:
+        super().__init__("lipsim-fast", input_size, embed_dim, input_shift=_IMAGENET_MEAN)
+        if input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
+        c1, c2 = 3 * 16, 3 * 16 * 4
+        features = c2 * (input_size // 32) ** 2
+        if embed_dim > features:
+            raise ValueError(f"embed_dim={embed_dim} exceeds the {features} features available")
+        self.stage1 = nn.Sequential(PixelUnshuffle(4), *[SLLConv2d(c1, stage1_hidden) for _ in range(stage1_depth)])
+        self.stage2 = nn.Sequential(PixelUnshuffle(2), *[SLLConv2d(c2, stage2_hidden) for _ in range(stage2_depth)])
+        self.pool = nn.Sequential(SumPool2d(4), Flatten())
+        self.linear = nn.Sequential(*[SLLLinear(features, linear_hidden) for _ in range(linear_depth)])
+        self.trunc = Truncate(embed_dim)
+        self.body = nn.Sequential(self.stage1, self.stage2, self.pool, self.linear, self.trunc)
+
+
+_REGISTRY: dict[str, Callable[..., LipschitzBackbone]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., LipschitzBackbone]], Callable[..., LipschitzBackbone]]:
+    """Decorator registering a constructor under ``name`` (timm-style)."""
+
+    def wrap(fn: Callable[..., LipschitzBackbone]) -> Callable[..., LipschitzBackbone]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_backbone("lipsim-paper-small")
+def _paper_small(**kwargs: Any) -> LipschitzBackbone:
+    return PaperSmall(**kwargs)
+
+
+@register_backbone("lipsim-fast")
+def _fast(**kwargs: Any) -> LipschitzBackbone:
+    return FastBackbone(**kwargs)
+
+
+def list_backbones() -> list[str]:
+    """Names of the registered backbone variants."""
+    return sorted(_REGISTRY)
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, **kwargs: Any) -> LipschitzBackbone:
+    """Build an untrained backbone by registry name.
+
+    Args:
+        name: one of :func:`list_backbones`.
+        **kwargs: architecture overrides passed to the constructor (e.g. ``embed_dim``).
+
+    Returns:
+        The randomly initialised backbone (use :class:`lipsim_metric.LipSim` for pretrained weights).
+
+    Raises:
+        ValueError: if ``name`` is not registered.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {list_backbones()}")
+    return _REGISTRY[name](**kwargs)

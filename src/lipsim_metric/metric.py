@@ -1,0 +1,254 @@
+"""The LipSim perceptual metric: a 1-Lipschitz embedding compared by cosine distance, with certified radii.
+
+Reference: S. Ghazanfari, A. Araujo, P. Krishnamurthy, F. Khorrami, S. Garg. "LipSim: A Provably Robust Perceptual
+Similarity Metric". ICLR 2024. https://arxiv.org/abs/2310.18274 (official code: github.com/SaraGhazanfari/lipsim).
+Proofs of every certificate: ``docs/certificates.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, overload
+
+import torch
+from torch import nn
+
+from .backbones import DEFAULT_BACKBONE, LipschitzBackbone, create_backbone
+from .certificates import (
+    Projection,
+    TwoAFCCertificate,
+    certify_2afc_embeddings,
+    cosine_distance,
+    distance_radius,
+    project_embedding,
+)
+from .preprocess import check_input_range, input_operator_norm, to_backbone_input, validate_images
+from .pretrained import (
+    DEFAULT_WEIGHTS,
+    get_pretrained_cfg,
+    list_pretrained,
+    load_state_dict_strict,
+    read_weights_metadata,
+    resolve_weights,
+)
+
+__all__ = ["LipSim", "DistanceResult", "EmbeddingResult"]
+
+
+class DistanceResult(NamedTuple):
+    """Distances with their certified radii; fields have shape ``(N,)``.
+
+    Attributes:
+        distance: ``d(x0, x1) = 1 - cos(e(x0), e(x1))`` in ``[0, 2]``.
+        radius: certified l2 radius in the caller's input units for the decision ``d > threshold`` (or ``<``):
+            no perturbation of ``x0`` alone (or of ``x1`` alone, whichever gives the smaller radius) with norm
+            below it moves ``d`` across ``threshold``. With ``threshold = 0``: an image must change by at least
+            this much before LipSim could consider it identical to the other.
+    """
+
+    distance: torch.Tensor
+    radius: torch.Tensor
+
+
+class EmbeddingResult(NamedTuple):
+    """Unit-norm embeddings ``(N, D')`` and ``norm = ||[f(x); c]||`` ``(N,)`` (used by the tight certificates)."""
+
+    embedding: torch.Tensor
+    norm: torch.Tensor
+
+
+class LipSim(nn.Module):
+    """Provably robust perceptual distance (LPIPS-style drop-in).
+
+    ``LipSim()(img0, img1)`` returns distances of shape ``(N,)`` for float images ``(N, 3, H, W)`` in ``[0, 1]``. The
+    embedding network is 1-Lipschitz, so perturbing an input by ``delta`` moves the distance by at most
+    ``||delta||`` (times the preprocessing gain, see :attr:`certificates`), and 2AFC judgements come with certified
+    radii (:meth:`certify_2afc`). The metric's parameters are frozen; gradients flow to the inputs, so it can be used
+    as a loss.
+
+    Args:
+        variant: backbone name (see :func:`lipsim_metric.list_backbones`); default: the variant of ``weights``.
+        weights: a registered name (:func:`lipsim_metric.list_pretrained`) or a path to a ``.safetensors`` file.
+            Default: :data:`lipsim_metric.pretrained.DEFAULT_WEIGHTS`.
+        pretrained: ``False`` builds an untrained (random) network of ``variant``; only when asked for explicitly.
+        input_range: ``"[0,1]"`` (default) or ``"[-1,1]"`` (LPIPS convention).
+        projection: ``"append"`` (default; append a constant coordinate, then normalise: always certifiable) or
+            ``"normalize"`` (the paper's evaluation protocol; certifiable only where ``||f(x)|| >= 1``).
+        check_inputs: validate value range and finiteness on every call (one device sync per input).
+        cache_dir: Hugging Face cache folder used if the weights must be downloaded.
+
+    Raises:
+        FileNotFoundError: the weights cannot be found (never falls back to random weights).
+        ValueError: unknown names, or a weights file that does not fit the backbone.
+
+    Example:
+        >>> import torch
+        >>> from lipsim_metric import LipSim
+        >>> metric = LipSim(pretrained=False)  # LipSim() loads the shipped weights
+        >>> x0, x1 = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+        >>> metric(x0, x1).shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        variant: str | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        pretrained: bool = True,
+        input_range: str = "[0,1]",
+        projection: Projection | None = None,
+        check_inputs: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        constant: float = 1.0,
+    ) -> None:
+        super().__init__()
+        check_input_range(input_range)
+        if constant <= 0:
+            raise ValueError(f"constant must be > 0 (it bounds the embedding norm from below), got {constant}")
+        self.input_range = input_range
+        self.check_inputs = check_inputs
+        self.constant = float(constant)
+        self.weights_name: str | None = None
+        self.weights_path: Path | None = None
+        backbone_kwargs: dict[str, Any] = {}
+        cfg_projection = "append"
+        if pretrained:
+            if weights is None:
+                weights = DEFAULT_WEIGHTS
+            if isinstance(weights, str) and weights in list_pretrained():
+                cfg = get_pretrained_cfg(weights)
+                if variant is not None and variant != cfg.variant:
+                    raise ValueError(f"weights {weights!r} are for variant {cfg.variant!r}, not {variant!r}")
+                self.weights_path = resolve_weights(weights, cache_dir=cache_dir)
+                self.weights_name = weights
+                variant, backbone_kwargs, cfg_projection = cfg.variant, dict(cfg.backbone_kwargs), cfg.projection
+            else:
+                path = Path(weights)
+                if path.suffix != ".safetensors" and not path.is_file():
+                    raise ValueError(
+                        f"weights={str(weights)!r} is neither a registered name ({list_pretrained()}) nor a "
+                        ".safetensors file. Convert PyTorch checkpoints first (lipsim-convert)."
+                    )
+                meta = read_weights_metadata(path)
+                file_variant = meta.get("variant")
+                if variant is None:
+                    if file_variant is None:
+                        raise ValueError(f"{path} does not record its backbone variant; pass variant=...")
+                    variant = file_variant
+                elif file_variant is not None and file_variant != variant:
+                    raise ValueError(f"{path} holds weights for variant {file_variant!r}, not {variant!r}")
+                backbone_kwargs = meta.get("backbone_kwargs", {})
+                cfg_projection = meta.get("projection", "append")
+                self.weights_path = path
+        elif weights is not None:
+            raise ValueError("weights were given with pretrained=False; drop one of them")
+        self.projection: Projection = projection or cfg_projection  # type: ignore[assignment]
+        if self.projection not in ("append", "normalize"):
+            raise ValueError(f"projection must be 'append' or 'normalize', got {self.projection!r}")
+        self.variant = variant or DEFAULT_BACKBONE
+        self.backbone: LipschitzBackbone = create_backbone(self.variant, **backbone_kwargs)
+        if self.weights_path is not None:
+            load_state_dict_strict(self.backbone, self.weights_path)
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    # The backbone has no train-mode behaviour; keeping it in eval mode keeps the folded-weight cache valid when a
+    # surrounding model calls .train().
+    def train(self, mode: bool = True) -> "LipSim":
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square backbone input; other sizes are resized to it."""
+        return self.backbone.input_size
+
+    def _check(self, x: Any, name: str) -> torch.Tensor:
+        return validate_images(x, name, self.input_range, check_values=self.check_inputs)
+
+    def input_norm(self, x: torch.Tensor) -> float:
+        """Operator-norm bound of the preprocessing for inputs shaped like ``x`` (caller -> backbone units)."""
+        _, c, h, w = x.shape
+        return input_operator_norm(h, w, c, self.input_size, self.input_range)
+
+    def embed(self, x: torch.Tensor, return_norm: bool = False) -> torch.Tensor | EmbeddingResult:
+        """Unit-norm embeddings of a batch of images.
+
+        Args:
+            x: float images ``(N, C, H, W)``, ``C`` in {1, 3}, values in ``input_range``.
+            return_norm: also return ``||[f(x); c]||`` (an :class:`EmbeddingResult`).
+
+        Returns:
+            ``(N, D + 1)`` unit vectors (``D`` backbone features plus the constant coordinate; ``(N, D)`` with
+            ``projection="normalize"``), in float32 even under autocast.
+        """
+        out = self._embed(self._check(x, "x"))
+        return out if return_norm else out.embedding
+
+    def _embed(self, x: torch.Tensor) -> EmbeddingResult:
+        features = self.backbone(to_backbone_input(x, self.input_size, self.input_range))
+        return EmbeddingResult(*project_embedding(features, self.projection, self.constant))
+
+    def _embed_fp32(self, x: torch.Tensor) -> EmbeddingResult:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._embed(x.float())
+
+    @overload
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor, return_radius: Literal[False] = ...,
+                threshold: float = ...) -> torch.Tensor: ...
+
+    @overload
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor, return_radius: Literal[True],
+                threshold: float = ...) -> DistanceResult: ...
+
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor, return_radius: bool = False,
+                threshold: float = 0.0) -> torch.Tensor | DistanceResult:
+        """Cosine distance between the embeddings of ``x0`` and ``x1``.
+
+        Args:
+            x0: images ``(N, C, H, W)``.
+            x1: images of the same shape as ``x0`` (``N`` must match; ``H, W`` may differ).
+            return_radius: also return certified radii (computed in float32, autocast disabled).
+            threshold: the decision threshold the radius certifies (see :class:`DistanceResult`).
+
+        Returns:
+            Distances ``(N,)``, or a :class:`DistanceResult` when ``return_radius``.
+        """
+        x0, x1 = self._check(x0, "x0"), self._check(x1, "x1")
+        if x0.shape[0] != x1.shape[0]:
+            raise ValueError(f"x0 and x1 must have the same batch size, got {x0.shape[0]} and {x1.shape[0]}")
+        if not return_radius:
+            return cosine_distance(self._embed(x0).embedding, self._embed(x1).embedding)
+        r0, r1 = self._embed_fp32(x0), self._embed_fp32(x1)
+        dist = cosine_distance(r0.embedding, r1.embedding)
+        kw = dict(threshold=threshold, projection=self.projection, constant=self.constant)
+        rad0 = distance_radius(dist, r0.norm, input_norm=self.input_norm(x0), **kw)  # type: ignore[arg-type]
+        rad1 = distance_radius(dist, r1.norm, input_norm=self.input_norm(x1), **kw)  # type: ignore[arg-type]
+        return DistanceResult(dist, torch.minimum(rad0, rad1))
+
+    def certify_2afc(self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> TwoAFCCertificate:
+        """Two-alternative forced choice with a certified radius for perturbations of the reference.
+
+        Args:
+            ref: reference images ``(N, C, H, W)``.
+            x0, x1: the two candidates, same batch size.
+
+        Returns:
+            A :class:`~lipsim_metric.certificates.TwoAFCCertificate`: ``prediction`` (1 if ``x1`` is closer),
+            ``margin``, ``radius`` (l2, caller units, for perturbations of ``ref``), ``d0``, ``d1``.
+        """
+        ref, x0, x1 = self._check(ref, "ref"), self._check(x0, "x0"), self._check(x1, "x1")
+        if not ref.shape[0] == x0.shape[0] == x1.shape[0]:
+            raise ValueError(f"ref, x0, x1 must have the same batch size, got {ref.shape[0]}, {x0.shape[0]}, "
+                             f"{x1.shape[0]}")
+        with torch.no_grad():
+            er, e0, e1 = self._embed_fp32(ref), self._embed_fp32(x0), self._embed_fp32(x1)
+        return certify_2afc_embeddings(er.embedding, e0.embedding, e1.embedding, er.norm,
+                                       input_norm=self.input_norm(ref), projection=self.projection,
+                                       constant=self.constant)
+
+    def extra_repr(self) -> str:
+        return (f"variant={self.variant!r}, weights={self.weights_name or self.weights_path}, "
+                f"input_range={self.input_range!r}, projection={self.projection!r}")

@@ -1,0 +1,144 @@
+"""Input validation, range conversion and the (differentiable, antialiased) resize to the backbone size.
+
+Certificates are stated in the caller's input units, so this module also computes, soundly, how much the
+preprocessing can amplify a perturbation: the l2 operator norm of the map from caller input to backbone input
+(range scaling x resize x grayscale replication). See ``docs/certificates.md``, section "Input units".
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "InputRange",
+    "MIN_IMAGE_SIZE",
+    "validate_images",
+    "to_backbone_input",
+    "resize_operator_norm",
+    "input_operator_norm",
+]
+
+InputRange = Literal["[0,1]", "[-1,1]"]
+_RANGES: dict[str, tuple[float, float]] = {"[0,1]": (0.0, 1.0), "[-1,1]": (-1.0, 1.0)}
+
+#: Smallest accepted image side; smaller images carry too little content to upsample meaningfully.
+MIN_IMAGE_SIZE = 8
+#: Tolerance on the value range, for images that went through lossy arithmetic (e.g. bilinear resampling).
+RANGE_TOLERANCE = 1e-3
+#: Relative safety factor applied to operator norms computed in float64 (see docs/certificates.md).
+NORM_SAFETY = 1.0 + 1e-6
+
+
+def check_input_range(input_range: str) -> tuple[float, float]:
+    """Return ``(low, high)`` for a supported ``input_range`` or raise ``ValueError``."""
+    if input_range not in _RANGES:
+        raise ValueError(f"input_range must be one of {sorted(_RANGES)}, got {input_range!r}")
+    return _RANGES[input_range]
+
+
+def validate_images(x: object, name: str, input_range: str = "[0,1]", check_values: bool = True) -> torch.Tensor:
+    """Check that ``x`` is a batch of images LipSim accepts and return it.
+
+    Args:
+        x: candidate tensor, expected float ``(N, C, H, W)`` with ``C`` in {1, 3}.
+        name: the argument name, used in error messages.
+        input_range: ``"[0,1]"`` or ``"[-1,1]"``; values must lie in it (up to ``RANGE_TOLERANCE``).
+        check_values: also check the value range and finiteness (one host-device sync).
+
+    Returns:
+        ``x`` unchanged.
+
+    Raises:
+        TypeError: not a tensor, or not floating point.
+        ValueError: wrong number of dimensions or channels, empty batch, too small, out of range, NaN/Inf.
+    """
+    low, high = check_input_range(input_range)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(
+            f"{name} has dtype {x.dtype}; LipSim expects floating-point images in {input_range}. "
+            f"For uint8 images use {name}.float() / 255 (and input_range='[0,1]')."
+        )
+    if x.ndim != 4:
+        hint = f" Add a batch dimension with {name}.unsqueeze(0)." if x.ndim == 3 else ""
+        raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(x.shape)}.{hint}")
+    n, c, h, w = x.shape
+    if c not in (1, 3):
+        raise ValueError(
+            f"{name} has {c} channels; LipSim takes RGB (3) or grayscale (1, replicated to RGB). "
+            "Drop an alpha channel with x[:, :3]."
+        )
+    if n == 0:
+        raise ValueError(f"{name} is an empty batch (N=0)")
+    if min(h, w) < MIN_IMAGE_SIZE:
+        raise ValueError(f"{name} is {h}x{w}; images must be at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels")
+    if check_values:
+        stats = torch.stack([x.amin(), x.amax(), torch.isfinite(x).all().to(x.dtype)]).float().tolist()
+        lo, hi, finite = stats
+        if not finite:
+            raise ValueError(f"{name} contains NaN or Inf values")
+        if lo < low - RANGE_TOLERANCE or hi > high + RANGE_TOLERANCE:
+            other = "[-1,1]" if input_range == "[0,1]" else "[0,1]"
+            raise ValueError(
+                f"{name} has values in [{lo:.4g}, {hi:.4g}], outside input_range={input_range}. "
+                f"Rescale the images (e.g. x / 255 for 8-bit data) or construct LipSim(input_range='{other}')."
+            )
+    return x
+
+
+def to_backbone_input(x: torch.Tensor, size: int, input_range: str = "[0,1]") -> torch.Tensor:
+    """Map caller images to the backbone's contract: RGB in [0,1] at ``size x size``.
+
+    The map is linear up to a constant (affine): ``[-1,1] -> [0,1]`` by ``(x + 1) / 2``; grayscale is replicated
+    to three channels; any other spatial size is resized with ``F.interpolate(mode="bilinear", antialias=True,
+    align_corners=False)``, which is differentiable. Aspect ratio is not preserved (as in LPIPS/DreamSim).
+    """
+    if input_range == "[-1,1]":
+        x = (x + 1.0) * 0.5
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+@functools.lru_cache(maxsize=256)
+def _resize_matrix_norm(n_in: int, n_out: int) -> float:
+    """Spectral norm of the 1-D antialiased bilinear resampling matrix ``n_in -> n_out`` (float64)."""
+    if n_in == n_out:
+        return 1.0
+    # Column j of the matrix is the resize of the j-th basis vector; resize a batch of basis "images" 1 x n_in.
+    eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, 1, n_in)
+    cols = F.interpolate(eye, size=(1, n_out), mode="bilinear", antialias=True, align_corners=False)
+    matrix = cols.reshape(n_in, n_out).T
+    return float(torch.linalg.matrix_norm(matrix, ord=2))
+
+
+def resize_operator_norm(height: int, width: int, size: int) -> float:
+    """Upper bound on the l2 operator norm of resizing one ``height x width`` channel to ``size x size``.
+
+    The antialiased bilinear resize is separable, ``R = A_h (x) A_w`` (a Kronecker product), and
+    ``||A_h (x) A_w||_2 = ||A_h||_2 ||A_w||_2``. Each factor is built exactly (as a matrix) and its spectral norm
+    computed in float64; the product is inflated by ``NORM_SAFETY`` to cover rounding. The test-suite checks the
+    bound against power iteration on the real 2-D operator.
+    """
+    if (height, width) == (size, size):
+        return 1.0
+    return _resize_matrix_norm(height, size) * _resize_matrix_norm(width, size) * NORM_SAFETY
+
+
+def input_operator_norm(height: int, width: int, channels: int, size: int, input_range: str) -> float:
+    """l2 operator norm bound of the linear part of :func:`to_backbone_input` for one image.
+
+    A caller perturbation ``delta`` becomes a backbone-input perturbation of norm at most this times ``||delta||``:
+    ``1/2`` for ``[-1,1]`` input, ``sqrt(3)`` for grayscale replication, times the resize norm.
+    """
+    scale = 0.5 if input_range == "[-1,1]" else 1.0
+    gray = math.sqrt(3.0) if channels == 1 else 1.0
+    return scale * gray * resize_operator_norm(height, width, size)
