@@ -54,11 +54,16 @@ class LipschitzBackbone(nn.Module):
         shift = torch.tensor(input_shift if input_shift is not None else (0.0, 0.0, 0.0)).reshape(1, 3, 1, 1)
         self.register_buffer("input_shift", shift, persistent=False)
 
+    #: Names of the submodules applied in order (kept as names, not a second registration, so that each parameter
+    #: has exactly one name in the state dict).
+    stages: tuple[str, ...] = ()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Subtracting a constant is an isometry, so it does not change the Lipschitz constant.
-        return self.body(x - self.input_shift.to(x.dtype))
-
-    body: nn.Module
+        x = x - self.input_shift.to(x.dtype)
+        for name in self.stages:
+            x = getattr(self, name)(x)
+        return x
 
 
 class PaperSmall(LipschitzBackbone):
@@ -83,7 +88,7 @@ class PaperSmall(LipschitzBackbone):
         self.pool = nn.Sequential(SumPool2d(4), SumPool2d(4), Flatten())
         self.linear = nn.Sequential(*[SLLLinear(features, linear_hidden) for _ in range(linear_depth)])
         self.trunc = Truncate(embed_dim)
-        self.body = nn.Sequential(self.pad, self.convs, self.pool, self.linear, self.trunc)
+        self.stages = ("pad", "convs", "pool", "linear", "trunc")
 
 
 class FastBackbone(LipschitzBackbone):
@@ -112,7 +117,7 @@ class FastBackbone(LipschitzBackbone):
         self.pool = nn.Sequential(SumPool2d(4), Flatten())
         self.linear = nn.Sequential(*[SLLLinear(features, linear_hidden) for _ in range(linear_depth)])
         self.trunc = Truncate(embed_dim)
-        self.body = nn.Sequential(self.stage1, self.stage2, self.pool, self.linear, self.trunc)
+        self.stages = ("stage1", "stage2", "pool", "linear", "trunc")
 
 
 _REGISTRY: dict[str, Callable[..., LipschitzBackbone]] = {}

@@ -104,7 +104,10 @@ def to_backbone_input(x: torch.Tensor, size: int, input_range: str = "[0,1]") ->
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        # The antialiased kernel has no half-precision CPU implementation; resample in float32.
+        dtype = x.dtype
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.to(dtype)
     return x
 
 
