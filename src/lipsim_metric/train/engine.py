@@ -1,0 +1,373 @@
+"""Training of LipSim students: stage 1 (distillation) and stage 2 (2AFC hinge fine-tuning).
+
+Recipe of LipSim (Ghazanfari et al., ICLR 2024, Sec. 4.2), adapted to the teachers we can run offline:
+
+* **Stage 1, distillation.** The 1-Lipschitz student ``f`` regresses a frozen teacher's global embedding on natural
+  photo crops: ``L = ||f(x) - s * t(x)||^2 / D`` with ``t`` a unit-norm teacher embedding (``alex-stats``,
+  ``vgg-stats`` or ``dreamsim`` -- the paper's teacher) and ``s`` = ``target_scale``. Optionally
+  (``rank_weight > 0``) a ranking term on distorted copies, as in stage 2.
+* **Stage 2, fine-tuning.** The hinge loss ``max(0, m - y (d0 - d1))`` on 2AFC judgements, ``y = +1`` when ``x1`` is
+  closer (``m`` = ``margin``; the margin buys certified radius, Thm. 3 of the paper). Judgements come from a
+  human set when given (``triplets``: NIGHT, BAPPS or CSV, see :mod:`lipsim_metric.train.data`) or from the distance
+  teachers on generated distortions: each reference gets ``distortions_per_ref`` distorted copies and every pair of
+  copies is a triplet whose label is the teachers' vote (pairs the teachers do not agree on are skipped: the NIGHT
+  idea of unanimous votes). ``regress_weight`` keeps the stage-1 term.
+
+The loop is driven by Hugging Face ``accelerate`` (single device, or many with ``accelerate launch`` / ``torchrun``:
+DistributedDataParallel), with mixed precision, seeded data order, JSONL logs, resumable checkpoints
+(``accelerator.save_state``) and a small safetensors export of the student after every checkpoint.
+
+Command::
+
+    python -m lipsim_metric.train.engine --config configs/distill_cpu.yaml [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from ..backbones import create_backbone
+from ..certificates import cosine_distance, project_embedding
+from ..pretrained import load_state_dict_strict, read_weights_metadata, save_weights
+from .data import PhotoCropDataset, ShardDataset
+from .distortions import sample_distortion
+from .teachers import build_distance_teacher, build_embedding_teacher
+
+__all__ = ["TrainConfig", "load_config", "train", "main", "DistortedCopies"]
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one training run (YAML/JSON file keys have the same names)."""
+
+    stage: str = "distill"  # "distill" | "finetune"
+    output_dir: str = "runs/train"
+    variant: str = "lipsim-fast"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_weights: str | None = None  # start from these weights (stage 2 starts from stage 1)
+    # data
+    train_dir: str | None = "../shared/images/train"
+    shard: str | None = None  # packed uint8 shard (pack_images) instead of a folder
+    image_size: int = 224
+    max_images: int | None = None  # use only the first N images (smoke tests)
+    triplets: str | None = None  # human 2AFC set for stage 2: "night:<root>", "bapps:<root>", "csv:<file>"
+    num_workers: int = 1
+    # teachers
+    teachers_dir: str | None = None
+    embedding_teacher: str = "alex-stats"
+    distance_teachers: list[str] = field(default_factory=lambda: ["lpips-alex"])
+    # objective
+    target_scale: float = 8.0
+    regress_weight: float = 1.0
+    rank_weight: float = 0.0
+    margin: float = 0.05
+    distortions_per_ref: int = 4
+    min_teacher_gap: float = 0.0  # skip pairs whose teacher distances differ by less than this (ambiguous)
+    projection: str = "append"
+    # optimisation
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    max_steps: int = 1000
+    max_minutes: float | None = None  # stop cleanly after this wall time (CPU budgets)
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 10
+    checkpoint_every: int = 200
+    resume: bool = True
+    export_dtype: str = "float16"
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML or JSON config and apply ``key=value`` overrides (values parsed as YAML)."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        data[key] = yaml.safe_load(value)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
+    cfg = TrainConfig(**data)
+    if cfg.stage not in ("distill", "finetune"):
+        raise ValueError(f"stage must be 'distill' or 'finetune', got {cfg.stage!r}")
+    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}")
+    if cfg.stage == "finetune" and cfg.distortions_per_ref < 2 and cfg.triplets is None:
+        raise ValueError("stage 'finetune' on generated triplets needs distortions_per_ref >= 2")
+    return cfg
+
+
+class DistortedCopies(Dataset):
+    """Wrap a photo dataset: item = ``(ref, copies)`` with ``k`` seeded random distortions of ``ref``.
+
+    Randomness depends only on ``(seed, epoch, index)`` so runs are reproducible with any number of workers.
+    """
+
+    def __init__(self, base: Dataset, k: int, seed: int = 0) -> None:
+        self.base, self.k, self.seed, self.epoch = base, k, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ref = self.base[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 7])
+        copies = torch.stack([sample_distortion(rng).apply(ref) for _ in range(self.k)])
+        return ref, copies
+
+
+def _photo_dataset(cfg: TrainConfig) -> Dataset:
+    if cfg.shard:
+        ds: Dataset = ShardDataset(cfg.shard, augment=True, seed=cfg.seed)
+    elif cfg.train_dir:
+        ds = PhotoCropDataset(cfg.train_dir, size=cfg.image_size, train=True, seed=cfg.seed, skip_unreadable=True)
+    else:
+        raise ValueError("set train_dir or shard")
+    if cfg.max_images is not None:
+        ds = torch.utils.data.Subset(ds, range(min(cfg.max_images, len(ds))))  # type: ignore[arg-type]
+    return ds
+
+
+def _ranking_hinge(d_student: torch.Tensor, d_teacher: torch.Tensor, margin: float,
+                   min_gap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hinge over all pairs of copies of each reference.
+
+    ``d_student``, ``d_teacher``: ``(B, K)`` distances from the reference to each copy. For copies ``k, l`` the
+    teachers say ``l`` is closer when ``d_teacher[k] > d_teacher[l]`` (y = +1); loss ``max(0, m - y (dS_k - dS_l))``.
+    Returns the mean loss and the fraction of pairs ordered as the teachers order them.
+    """
+    ds = d_student[:, :, None] - d_student[:, None, :]
+    dt = d_teacher[:, :, None] - d_teacher[:, None, :]
+    upper = torch.triu(torch.ones_like(dt, dtype=torch.bool), diagonal=1)
+    use = upper & (dt.abs() > min_gap)
+    y = torch.sign(dt)
+    loss = F.relu(margin - y * ds)[use]
+    agree = ((y * ds) > 0)[use].float()
+    if loss.numel() == 0:
+        return d_student.sum() * 0.0, torch.tensor(float("nan"))
+    return loss.mean(), agree.mean()
+
+
+class _Teachers(torch.nn.Module):
+    """Frozen distance teachers evaluated together; ``forward(a, b) -> (T, N)``."""
+
+    def __init__(self, names: list[str], teachers_dir: str | None) -> None:
+        super().__init__()
+        self.names = list(names)
+        self.nets = torch.nn.ModuleList([build_distance_teacher(n, teachers_dir=teachers_dir) for n in names])
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(a, b) for net in self.nets])
+
+
+def _consensus_distance(per_teacher: torch.Tensor) -> torch.Tensor:
+    """Combine teachers' ``(T, B, K)`` distances: pairs where teachers disagree on the order get no signal.
+
+    Each teacher's distances are rank-normalised within a reference (so scales do not matter); where every teacher
+    orders a pair the same way, the mean of normalised distances keeps that order; disagreeing pairs are removed by
+    the caller through ``min_gap`` on this consensus (their differences average towards 0).
+    """
+    if per_teacher.shape[0] == 1:
+        return per_teacher[0]
+    scale = per_teacher.std(dim=2, keepdim=True).clamp_min(1e-8)
+    return (per_teacher / scale).mean(0)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run one training stage; returns the path of the exported student weights (safetensors)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    set_seed(cfg.seed)
+
+    backbone_kwargs = dict(cfg.backbone_kwargs)
+    if cfg.init_weights and not backbone_kwargs:
+        backbone_kwargs = read_weights_metadata(cfg.init_weights).get("backbone_kwargs", {})
+    student = create_backbone(cfg.variant, **backbone_kwargs)
+    if cfg.init_weights:
+        load_state_dict_strict(student, cfg.init_weights)
+    student.train()
+
+    emb_teacher = None
+    if cfg.regress_weight > 0:
+        emb_teacher = build_embedding_teacher(cfg.embedding_teacher, teachers_dir=cfg.teachers_dir)
+        if emb_teacher.embed_dim > student.embed_dim:
+            raise ValueError(f"teacher {cfg.embedding_teacher} has {emb_teacher.embed_dim} dims but the student "
+                             f"only {student.embed_dim}; set backbone_kwargs.embed_dim")
+    need_rank = cfg.stage == "finetune" or cfg.rank_weight > 0
+    dist_teachers = _Teachers(cfg.distance_teachers, cfg.teachers_dir) if need_rank else None
+
+    photos = _photo_dataset(cfg)
+    dataset: Dataset = DistortedCopies(photos, cfg.distortions_per_ref, cfg.seed) if need_rank else photos
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator,
+                        num_workers=cfg.num_workers, persistent_workers=False)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    clock = {"start": time.time(), "offset": 0.0}
+
+    def lr_lambda(step: int) -> float:
+        # Linear warm-up, then cosine decay over whichever budget (steps or wall time) runs out first.
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        if cfg.max_minutes:
+            elapsed = clock["offset"] + time.time() - clock["start"]
+            progress = max(progress, elapsed / (60 * cfg.max_minutes))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    student, opt, loader, sched = acc.prepare(student, opt, loader, sched)
+    for t in (emb_teacher, dist_teachers):
+        if t is not None:
+            t.to(acc.device).eval()
+
+    state = {"step": 0, "epoch": 0, "seconds": 0.0}
+    ckpt_dir = out / "checkpoint"
+    if cfg.resume and (ckpt_dir / "progress.json").is_file():
+        acc.load_state(str(ckpt_dir))
+        state = json.loads((ckpt_dir / "progress.json").read_text())
+        acc.print(f"resumed from {ckpt_dir} at step {state['step']}")
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    log_file = open(out / "log.jsonl", "a")
+
+    def export() -> Path:
+        path = out / "student.safetensors"
+        if acc.is_main_process:
+            net = acc.unwrap_model(student)
+            save_weights(net, path, cfg.variant, dtype=getattr(torch, cfg.export_dtype),
+                         backbone_kwargs=backbone_kwargs, projection=cfg.projection,
+                         training=json.dumps({"stage": cfg.stage, "step": state["step"],
+                                              "embedding_teacher": cfg.embedding_teacher,
+                                              "distance_teachers": cfg.distance_teachers}))
+        return path
+
+    def checkpoint() -> None:
+        acc.wait_for_everyone()
+        acc.save_state(str(ckpt_dir))
+        if acc.is_main_process:
+            (ckpt_dir / "progress.json").write_text(json.dumps(state))
+        export()
+
+    start = time.time() - state["seconds"]
+    clock.update(start=time.time(), offset=state["seconds"])
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], disable=not acc.is_local_main_process, file=sys.stderr)
+    images_seen, window_start = 0, time.time()
+    done = state["step"] >= cfg.max_steps
+    while not done:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(state["epoch"])  # type: ignore[union-attr]
+        for batch in loader:
+            if need_rank:
+                ref, copies = batch
+                b, k = copies.shape[:2]
+                images = torch.cat([ref[:, None], copies], dim=1).flatten(0, 1)
+            else:
+                ref, images, b, k = batch, batch, batch.shape[0], 0
+            with acc.autocast():
+                feats = student(images)
+            emb, _ = project_embedding(feats.float(), cfg.projection)  # type: ignore[arg-type]
+            logs: dict[str, float] = {}
+            loss = feats.new_zeros((), dtype=torch.float32)
+            if emb_teacher is not None:
+                with torch.no_grad():
+                    target = emb_teacher(images).float()
+                dim = target.shape[1]
+                reg = (feats.float()[:, :dim] - cfg.target_scale * target).square().sum(1).mean() / cfg.target_scale**2
+                loss = loss + cfg.regress_weight * reg
+                logs["regress"] = float(reg)
+            if need_rank and dist_teachers is not None:
+                e = emb.view(b, k + 1, -1)
+                d_student = cosine_distance(e[:, :1].expand(-1, k, -1).flatten(0, 1), e[:, 1:].flatten(0, 1))
+                d_student = d_student.view(b, k)
+                refs = ref[:, None].expand(-1, k, -1, -1, -1).flatten(0, 1)
+                d_teacher = dist_teachers(refs, copies.flatten(0, 1)).view(-1, b, k)
+                rank, agree = _ranking_hinge(d_student, _consensus_distance(d_teacher), cfg.margin,
+                                             cfg.min_teacher_gap)
+                weight = 1.0 if cfg.stage == "finetune" else cfg.rank_weight
+                loss = loss + weight * rank
+                logs["hinge"], logs["pair_agreement"] = float(rank), float(agree)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            sched.step()
+            state["step"] += 1
+            images_seen += images.shape[0] * acc.num_processes
+            bar.update(1)
+            if state["step"] % cfg.log_every == 0 and acc.is_main_process:
+                now = time.time()
+                rec = {"step": state["step"], "epoch": state["epoch"], "loss": float(loss),
+                       "lr": sched.get_last_lr()[0], "images_per_s": images_seen / max(1e-9, now - window_start),
+                       "elapsed_s": now - start, **logs}
+                log_file.write(json.dumps(rec) + "\n")
+                log_file.flush()
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+                images_seen, window_start = 0, now
+            state["seconds"] = time.time() - start
+            over_time = cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes
+            if state["step"] % cfg.checkpoint_every == 0 or state["step"] >= cfg.max_steps or over_time:
+                checkpoint()
+            if state["step"] >= cfg.max_steps or over_time:
+                done = True
+                break
+        else:
+            state["epoch"] += 1
+    bar.close()
+    log_file.close()
+    return export()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lipsim_metric.train.engine", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML/JSON config (see TrainConfig for keys)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = train(cfg)
+    print(f"student weights: {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
