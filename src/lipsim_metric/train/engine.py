@@ -302,7 +302,7 @@ def train(cfg: TrainConfig) -> Path:
             with acc.autocast():
                 feats = student(images)
             emb, _ = project_embedding(feats.float(), cfg.projection)  # type: ignore[arg-type]
-            logs: dict[str, float] = {}
+            logs: dict[str, torch.Tensor] = {}  # converted to floats only when logged (no per-step sync)
             loss = feats.new_zeros((), dtype=torch.float32)
             if emb_teacher is not None:
                 with torch.no_grad():
@@ -310,7 +310,7 @@ def train(cfg: TrainConfig) -> Path:
                 dim = target.shape[1]
                 reg = (feats.float()[:, :dim] - cfg.target_scale * target).square().sum(1).mean() / cfg.target_scale**2
                 loss = loss + cfg.regress_weight * reg
-                logs["regress"] = float(reg)
+                logs["regress"] = reg.detach()
             if need_rank and dist_teachers is not None:
                 e = emb.view(b, k + 1, -1)
                 d_student = cosine_distance(e[:, :1].expand(-1, k, -1).flatten(0, 1), e[:, 1:].flatten(0, 1))
@@ -321,7 +321,7 @@ def train(cfg: TrainConfig) -> Path:
                                              cfg.min_teacher_gap)
                 weight = 1.0 if cfg.stage == "finetune" else cfg.rank_weight
                 loss = loss + weight * rank
-                logs["hinge"], logs["pair_agreement"] = float(rank), float(agree)
+                logs["hinge"], logs["pair_agreement"] = rank.detach(), agree
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             opt.step()
@@ -333,7 +333,7 @@ def train(cfg: TrainConfig) -> Path:
                 now = time.time()
                 rec = {"step": state["step"], "epoch": state["epoch"], "loss": float(loss),
                        "lr": sched.get_last_lr()[0], "images_per_s": images_seen / max(1e-9, now - window_start),
-                       "elapsed_s": now - start, **logs}
+                       "elapsed_s": now - start, **{k: float(v) for k, v in logs.items()}}
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()
                 bar.set_postfix(loss=f"{float(loss):.4f}")
