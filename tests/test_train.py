@@ -71,3 +71,42 @@ def test_config_errors(tmp_path: Path) -> None:
         load_config(None, ["oops"])
     with pytest.raises(FileNotFoundError):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_ranking_hinge_uses_only_unanimous_pairs() -> None:
+    from lipsim_metric.train.engine import _ranking_hinge
+
+    d_student = torch.tensor([[0.1, 0.2, 0.3]])
+    # teacher A orders copies 0 < 1 < 2; teacher B agrees on (0,1), (0,2) but swaps (1,2)
+    d_teacher = torch.tensor([[[1.0, 2.0, 3.0]], [[1.0, 3.0, 2.0]]])
+    loss, agree = _ranking_hinge(d_student, d_teacher, margin=0.05, min_gap=0.0)
+    # used pairs: (0,1), (0,2); student gaps 0.1 and 0.2 exceed the margin -> zero loss, all ordered correctly
+    assert loss.item() == 0.0 and agree.item() == 1.0
+    loss, agree = _ranking_hinge(d_student, d_teacher, margin=0.15, min_gap=0.0)
+    assert abs(loss.item() - 0.025) < 1e-6  # only (0,1) violates: 0.15 - 0.1, averaged over the 2 used pairs
+    wrong = torch.tensor([[0.3, 0.2, 0.1]])
+    _, agree = _ranking_hinge(wrong, d_teacher, margin=0.05, min_gap=0.0)
+    assert agree.item() == 0.0
+
+
+def test_finetune_on_human_style_csv_triplets(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["ref,x0,x1,target"]
+    for i in range(4):
+        base = rng.random((64, 64, 3))
+        for name, arr in (("r", base), ("a", base + 0.02 * rng.standard_normal(base.shape)),
+                          ("b", base + 0.3 * rng.standard_normal(base.shape))):
+            Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8)).save(tmp_path / f"{name}{i}.png")
+        rows.append(f"r{i}.png,a{i}.png,b{i}.png,{0.0 if i % 2 else 0.2}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "stage=finetune", f"triplets=csv:{tmp_path / 't.csv'}",
+                             "image_size=64", "backbone_kwargs={input_size: 64, embed_dim: 256, linear_hidden: 32}",
+                             "regress_weight=0", "batch_size=2", "max_steps=2", "log_every=1", "num_workers=0",
+                             "margin=0.05"])
+    out = train(cfg)
+    log = _log(tmp_path / "run")
+    assert len(log) == 2 and all(r["hinge"] >= 0 for r in log)
+    assert LipSim(weights=out).input_size == 64

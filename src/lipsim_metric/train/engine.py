@@ -146,6 +146,21 @@ class DistortedCopies(Dataset):
         return ref, copies
 
 
+def _human_triplets(spec: str, size: int) -> Dataset:
+    """Parse ``night:<root>[:split]``, ``bapps:<root>`` or ``csv:<file>`` into a 2AFC dataset."""
+    from .data import BAPPS2AFCDataset, NightDataset, TripletCSVDataset
+
+    kind, _, rest = spec.partition(":")
+    if kind == "night":
+        root, _, split = rest.partition(":")
+        return NightDataset(root, split=split or "train", size=size)
+    if kind == "bapps":
+        return BAPPS2AFCDataset(rest, size=size)
+    if kind == "csv":
+        return TripletCSVDataset(rest, size=size)
+    raise ValueError(f"triplets must look like night:<root>[:split], bapps:<root> or csv:<file>, got {spec!r}")
+
+
 def _photo_dataset(cfg: TrainConfig) -> Dataset:
     if cfg.shard:
         ds: Dataset = ShardDataset(cfg.shard, augment=True, seed=cfg.seed)
@@ -160,21 +175,27 @@ def _photo_dataset(cfg: TrainConfig) -> Dataset:
 
 def _ranking_hinge(d_student: torch.Tensor, d_teacher: torch.Tensor, margin: float,
                    min_gap: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hinge over all pairs of copies of each reference.
+    """Hinge over all pairs of copies of each reference, on pairs every teacher orders the same way.
 
-    ``d_student``, ``d_teacher``: ``(B, K)`` distances from the reference to each copy. For copies ``k, l`` the
-    teachers say ``l`` is closer when ``d_teacher[k] > d_teacher[l]`` (y = +1); loss ``max(0, m - y (dS_k - dS_l))``.
-    Returns the mean loss and the fraction of pairs ordered as the teachers order them.
+    ``d_student``: ``(B, K)`` student distances from each reference to its ``K`` copies; ``d_teacher``: ``(T, B, K)``
+    for ``T`` teachers. For copies ``k < l`` the teachers say ``l`` is closer when ``d_teacher[:, k] > d_teacher[:, l]``
+    (``y = +1``). A pair is used only if all teachers agree on ``y`` (the NIGHT idea of unanimous votes) and the
+    teachers' mean gap, in units of each teacher's spread over the batch, exceeds ``min_gap``. Loss:
+    ``max(0, m - y (dS_k - dS_l))``. Returns the mean loss and the fraction of used pairs the student orders correctly.
     """
     ds = d_student[:, :, None] - d_student[:, None, :]
-    dt = d_teacher[:, :, None] - d_teacher[:, None, :]
-    upper = torch.triu(torch.ones_like(dt, dtype=torch.bool), diagonal=1)
-    use = upper & (dt.abs() > min_gap)
-    y = torch.sign(dt)
+    dt = d_teacher[:, :, :, None] - d_teacher[:, :, None, :]  # (T, B, K, K)
+    signs = torch.sign(dt)
+    unanimous = (signs == signs[:1]).all(0) & (signs[0] != 0)
+    scale = d_teacher.flatten(1).std(dim=1).clamp_min(1e-8)[:, None, None, None]
+    gap = (dt / scale).mean(0).abs()
+    upper = torch.triu(torch.ones_like(ds, dtype=torch.bool), diagonal=1)
+    use = upper & unanimous & (gap > min_gap)
+    y = signs[0]
+    if not use.any():
+        return d_student.sum() * 0.0, torch.tensor(float("nan"))
     loss = F.relu(margin - y * ds)[use]
     agree = ((y * ds) > 0)[use].float()
-    if loss.numel() == 0:
-        return d_student.sum() * 0.0, torch.tensor(float("nan"))
     return loss.mean(), agree.mean()
 
 
@@ -189,19 +210,6 @@ class _Teachers(torch.nn.Module):
     @torch.no_grad()
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.stack([net(a, b) for net in self.nets])
-
-
-def _consensus_distance(per_teacher: torch.Tensor) -> torch.Tensor:
-    """Combine teachers' ``(T, B, K)`` distances: pairs where teachers disagree on the order get no signal.
-
-    Each teacher's distances are rank-normalised within a reference (so scales do not matter); where every teacher
-    orders a pair the same way, the mean of normalised distances keeps that order; disagreeing pairs are removed by
-    the caller through ``min_gap`` on this consensus (their differences average towards 0).
-    """
-    if per_teacher.shape[0] == 1:
-        return per_teacher[0]
-    scale = per_teacher.std(dim=2, keepdim=True).clamp_min(1e-8)
-    return (per_teacher / scale).mean(0)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -229,11 +237,15 @@ def train(cfg: TrainConfig) -> Path:
         if emb_teacher.embed_dim > student.embed_dim:
             raise ValueError(f"teacher {cfg.embedding_teacher} has {emb_teacher.embed_dim} dims but the student "
                              f"only {student.embed_dim}; set backbone_kwargs.embed_dim")
-    need_rank = cfg.stage == "finetune" or cfg.rank_weight > 0
+    human = cfg.stage == "finetune" and cfg.triplets is not None
+    need_rank = not human and (cfg.stage == "finetune" or cfg.rank_weight > 0)
     dist_teachers = _Teachers(cfg.distance_teachers, cfg.teachers_dir) if need_rank else None
 
-    photos = _photo_dataset(cfg)
-    dataset: Dataset = DistortedCopies(photos, cfg.distortions_per_ref, cfg.seed) if need_rank else photos
+    if human:
+        dataset: Dataset = _human_triplets(cfg.triplets, cfg.image_size)  # type: ignore[arg-type]
+    else:
+        photos = _photo_dataset(cfg)
+        dataset = DistortedCopies(photos, cfg.distortions_per_ref, cfg.seed) if need_rank else photos
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator,
                         num_workers=cfg.num_workers, persistent_workers=False)
@@ -293,7 +305,11 @@ def train(cfg: TrainConfig) -> Path:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(state["epoch"])  # type: ignore[union-attr]
         for batch in loader:
-            if need_rank:
+            if human:
+                ref, b, k = batch["ref"], batch["ref"].shape[0], 2
+                copies = torch.stack([batch["x0"], batch["x1"]], dim=1)
+                images = torch.cat([ref[:, None], copies], dim=1).flatten(0, 1)
+            elif need_rank:
                 ref, copies = batch
                 b, k = copies.shape[:2]
                 images = torch.cat([ref[:, None], copies], dim=1).flatten(0, 1)
@@ -311,14 +327,23 @@ def train(cfg: TrainConfig) -> Path:
                 reg = (feats.float()[:, :dim] - cfg.target_scale * target).square().sum(1).mean() / cfg.target_scale**2
                 loss = loss + cfg.regress_weight * reg
                 logs["regress"] = reg.detach()
+            if human:
+                e = emb.view(b, 3, -1)
+                d0, d1 = cosine_distance(e[:, 0], e[:, 1]), cosine_distance(e[:, 0], e[:, 2])
+                target = batch["target"].to(d0.device).float()
+                y = torch.sign(target - 0.5)  # +1: humans found x1 closer, so we want d0 - d1 >= margin
+                keep = y != 0
+                hinge = F.relu(cfg.margin - y * (d0 - d1))[keep].mean() if keep.any() else d0.sum() * 0
+                loss = loss + hinge
+                logs["hinge"] = hinge.detach()
+                logs["pair_agreement"] = ((y * (d0 - d1)) > 0)[keep].float().mean()
             if need_rank and dist_teachers is not None:
                 e = emb.view(b, k + 1, -1)
                 d_student = cosine_distance(e[:, :1].expand(-1, k, -1).flatten(0, 1), e[:, 1:].flatten(0, 1))
                 d_student = d_student.view(b, k)
                 refs = ref[:, None].expand(-1, k, -1, -1, -1).flatten(0, 1)
                 d_teacher = dist_teachers(refs, copies.flatten(0, 1)).view(-1, b, k)
-                rank, agree = _ranking_hinge(d_student, _consensus_distance(d_teacher), cfg.margin,
-                                             cfg.min_teacher_gap)
+                rank, agree = _ranking_hinge(d_student, d_teacher, cfg.margin, cfg.min_teacher_gap)
                 weight = 1.0 if cfg.stage == "finetune" else cfg.rank_weight
                 loss = loss + weight * rank
                 logs["hinge"], logs["pair_agreement"] = rank.detach(), agree
