@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from lipsim_metric import LipSim, create_backbone
-from lipsim_metric.pretrained import save_weights
 from lipsim_metric.certificates import FLOAT_TOLERANCE, invert_norm_bound
 from lipsim_metric.preprocess import input_operator_norm, resize_operator_norm
-
+from lipsim_metric.pretrained import save_weights
 
 SMALL = {"input_size": 64, "embed_dim": 256, "linear_hidden": 64}
 
@@ -91,8 +90,9 @@ def l2_pgd_on_reference(metric: LipSim, ref, x0, x1, eps: torch.Tensor, steps: i
     for restart in range(restarts):
         g = torch.Generator().manual_seed(restart)
         delta = torch.randn(ref.shape, generator=g)
-        delta = delta / delta.flatten(1).norm(dim=1).view(shape) * eps.view(shape) * torch.rand(len(eps), 1, 1, 1, generator=g)
-        for step in range(steps):
+        start = torch.rand(len(eps), 1, 1, 1, generator=g)
+        delta = delta / delta.flatten(1).norm(dim=1).view(shape) * eps.view(shape) * start
+        for _ in range(steps):
             delta.requires_grad_(True)
             adv = (ref + delta).clamp(0, 1)
             signed = sign * (metric(adv, x0) - metric(adv, x1))

@@ -33,7 +33,8 @@ def registered(small_file: Path):
 def test_registry_lists_and_describes() -> None:
     names = list_pretrained()
     assert P.DEFAULT_WEIGHTS in names
-    assert {"lipsim-paper-small.margin0.5", "lipsim-paper-small.pretrained"} <= set(list_pretrained("lipsim-paper-small"))
+    paper = set(list_pretrained("lipsim-paper-small"))
+    assert {"lipsim-paper-small.margin0.5", "lipsim-paper-small.pretrained"} <= paper
     cfg = get_pretrained_cfg(P.DEFAULT_WEIGHTS)
     assert cfg.variant == "lipsim-fast" and cfg.filename.endswith(".safetensors")
     with pytest.raises(ValueError, match="registered"):

@@ -60,7 +60,8 @@ class LipschitzBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Subtracting a constant is an isometry, so it does not change the Lipschitz constant.
-        x = x - self.input_shift.to(x.dtype)
+        shift: torch.Tensor = self.input_shift  # type: ignore[assignment]
+        x = x - shift.to(x.dtype)
         for name in self.stages:
             x = getattr(self, name)(x)
         return x

@@ -3,7 +3,8 @@
 The residual layers are the SDP-based Lipschitz layers (SLL) of
 
     Araujo, Havens, Delattre, Allauzen, Hu. "A Unified Algebraic Perspective on Lipschitz Neural
-    Networks". ICLR 2023. https://arxiv.org/abs/2303.03169 (official code: github.com/araujoalexandre/lipschitz-sll-networks)
+    Networks". ICLR 2023. https://arxiv.org/abs/2303.03169
+    (official code: github.com/araujoalexandre/lipschitz-sll-networks)
 
 as used by LipSim (Ghazanfari et al., ICLR 2024, https://arxiv.org/abs/2310.18274):
 
@@ -71,7 +72,7 @@ class _CachedRescale(nn.Module):
     def _needs_param_grad(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters(recurse=False))
 
-    def train(self, mode: bool = True) -> "_CachedRescale":
+    def train(self, mode: bool = True) -> _CachedRescale:
         self._cache_key, self._cache_val = None, None
         return super().train(mode)
 

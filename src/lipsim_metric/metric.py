@@ -155,7 +155,7 @@ class LipSim(nn.Module):
 
     # The backbone has no train-mode behaviour; keeping it in eval mode keeps the folded-weight cache valid when a
     # surrounding model calls .train().
-    def train(self, mode: bool = True) -> "LipSim":
+    def train(self, mode: bool = True) -> LipSim:
         super().train(mode)
         self.backbone.eval()
         return self

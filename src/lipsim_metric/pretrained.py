@@ -168,7 +168,8 @@ def resolve_weights(name: str, cache_dir: str | os.PathLike[str] | None = None) 
     from huggingface_hub import hf_hub_download  # imported lazily: only this path needs it
 
     try:
-        path = Path(hf_hub_download(cfg.hf_hub_id, cfg.filename, revision=cfg.revision, cache_dir=cache_dir))
+        path = Path(hf_hub_download(cfg.hf_hub_id, cfg.filename, revision=cfg.revision,
+                                    cache_dir=None if cache_dir is None else str(cache_dir)))
     except Exception as exc:  # offline mode, no network, missing repo: all end here
         raise FileNotFoundError(
             f"could not get weights {name!r} ({cfg.hf_hub_id}/{cfg.filename}@{cfg.revision}) from the shipped "
