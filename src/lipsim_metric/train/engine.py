@@ -356,12 +356,12 @@ def train(cfg: TrainConfig) -> Path:
             bar.update(1)
             if state["step"] % cfg.log_every == 0 and acc.is_main_process:
                 now = time.time()
-                rec = {"step": state["step"], "epoch": state["epoch"], "loss": float(loss),
+                rec = {"step": state["step"], "epoch": state["epoch"], "loss": float(loss.detach()),
                        "lr": sched.get_last_lr()[0], "images_per_s": images_seen / max(1e-9, now - window_start),
                        "elapsed_s": now - start, **{k: float(v) for k, v in logs.items()}}
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
                 images_seen, window_start = 0, now
             state["seconds"] = time.time() - start
             over_time = cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes
