@@ -712,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--figure", action="store_true", help="also save adversarial_example.png")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--soundness", type=int, default=0, metavar="N",
+                        help="also attack LipSim's own certificates on the first N triplets (check_certificates, "
+                             "--steps/--restarts) and write soundness.json; every flip count must be 0")
     args = parser.parse_args(argv)
     try:
         dataset = load_triplet_set(args.triplets)
@@ -733,7 +736,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(_markdown(result))
+    if args.soundness > 0 and "lipsim" in metrics:
+        sound = soundness_check(metrics["lipsim"], dataset, args.soundness, args.steps, args.restarts, args.seed,
+                                args.batch_size, args.device)
+        Path(args.out, "soundness.json").write_text(json.dumps(sound, indent=2))
+        print(json.dumps(sound, indent=2))
+        if sound["flips"] or sound["pair_flips"] or sound["half_flips"]:
+            print("error: a certificate was broken", file=sys.stderr)
+            return 1
     return 0
+
+
+def soundness_check(metric_fn: Any, dataset: Any, n: int, steps: int, restarts: int, seed: int, batch_size: int,
+                    device: str) -> dict[str, Any]:
+    """Run :func:`~lipsim_metric.train.attacks.check_certificates` over the first ``n`` triplets, in batches."""
+    from tqdm import tqdm
+
+    from .attacks import check_certificates
+
+    metric = getattr(metric_fn, "metric", metric_fn)
+    if not isinstance(metric, LipSim):
+        raise ValueError("the soundness check needs the LipSim metric")
+    totals: dict[str, Any] = {}
+    n = min(n, len(dataset))
+    for start in tqdm(range(0, n, batch_size), desc="soundness", file=sys.stderr):
+        items = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        ref, x0, x1 = (torch.stack([it[k] for it in items]).to(device) for k in ("ref", "x0", "x1"))
+        part = check_certificates(metric, ref, x0, x1, steps=steps, restarts=restarts, seed=seed)
+        for key, value in part.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                totals[key] = max(totals.get(key, 0), value) if key.startswith("max_") else totals.get(key, 0) + value
+    totals.update(triplets=n, steps=steps, restarts=restarts, budget_factor=0.999)
+    return totals
 
 
 if __name__ == "__main__":
