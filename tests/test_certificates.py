@@ -6,21 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lipsim_metric import LipSim, create_backbone
+from lipsim_metric import LipSim
 from lipsim_metric.certificates import FLOAT_TOLERANCE, invert_norm_bound
 from lipsim_metric.preprocess import input_operator_norm, resize_operator_norm
-from lipsim_metric.pretrained import save_weights
-
-SMALL = {"input_size": 64, "embed_dim": 256, "linear_hidden": 64}
-
-
-@pytest.fixture(scope="module")
-def small_weights(tmp_path_factory) -> str:
-    """A random lipsim-fast network at 64x64 input (same layers, 12x cheaper), saved and loaded like real weights."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "small.safetensors"
-    save_weights(create_backbone("lipsim-fast", **SMALL), path, "lipsim-fast", backbone_kwargs=SMALL)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

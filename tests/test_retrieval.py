@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,32 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from lipsim_metric import LipSim, create_backbone
+from lipsim_metric import LipSim
 from lipsim_metric.io import load_image
-from lipsim_metric.pretrained import save_weights
 from lipsim_metric.retrieval import EmbeddingIndex, certified_top1_embeddings, gallery_distances
 from lipsim_metric.train.attacks import perturb_to_maximize, perturbation_norm
 
-SMALL = {"input_size": 64, "embed_dim": 256, "linear_hidden": 64}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _honour_omp_num_threads():
-    """Use ``$OMP_NUM_THREADS`` torch threads here when set (conftest picks 2); restored after the module."""
-    before = torch.get_num_threads()
-    wanted = os.environ.get("OMP_NUM_THREADS", "")
-    if wanted.isdigit() and int(wanted) > 0:
-        torch.set_num_threads(int(wanted))
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def metric(tmp_path_factory: pytest.TempPathFactory) -> LipSim:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "small.safetensors"
-    save_weights(create_backbone("lipsim-fast", **SMALL), path, "lipsim-fast", backbone_kwargs=SMALL)
-    return LipSim(weights=path)
+def metric(small_weights: str) -> LipSim:
+    """The small random lipsim-fast of conftest, loaded like real weights."""
+    return LipSim(weights=small_weights)
 
 
 @pytest.fixture(scope="module")
