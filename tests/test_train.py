@@ -110,3 +110,39 @@ def test_finetune_on_human_style_csv_triplets(tmp_path: Path) -> None:
     log = _log(tmp_path / "run")
     assert len(log) == 2 and all(r["hinge"] >= 0 for r in log)
     assert LipSim(weights=out).input_size == 64
+
+
+def test_signed_radius_matches_the_certificate() -> None:
+    """The training objective's radius is the certificate's radius (sign = which image is closer)."""
+    from lipsim_metric.certificates import FLOAT_TOLERANCE, certify_2afc_embeddings, project_embedding
+    from lipsim_metric.train.engine import signed_radius
+
+    g = torch.Generator().manual_seed(0)
+    feats = [3.0 * torch.randn(16, 8, generator=g) for _ in range(3)]
+    (er, nr), (e0, _), (e1, _) = (project_embedding(f) for f in feats)
+    cert = certify_2afc_embeddings(er, e0, e1, nr)
+    signed = signed_radius(er, nr, e0, e1)
+    assert torch.equal(signed > 0, cert.prediction == 1)
+    # the certificate subtracts the float allowance from the margin; the training quantity does not
+    assert torch.all(signed.abs() >= cert.radius - 1e-6)
+    assert torch.allclose(signed.abs(), cert.radius, atol=50 * FLOAT_TOLERANCE * nr.max().item())
+    # broadcasting over a (K, K) grid of copies, as the ranking loss uses it; zero on the diagonal, finite gradients
+    copies = torch.randn(1, 4, 8, generator=g, requires_grad=True)
+    ek, _ = project_embedding(copies.view(4, 8))
+    ek = ek.view(1, 4, 9)
+    grid = signed_radius(er[:1, None, None], nr[:1, None, None], ek[:, :, None], ek[:, None, :])
+    assert grid.shape == (1, 4, 4) and torch.allclose(grid, -grid.transpose(1, 2))
+    assert torch.all(grid.diagonal(dim1=1, dim2=2) == 0)
+    grid.sum().backward()
+    assert torch.isfinite(copies.grad).all()
+
+
+def test_radius_hinge_finetune_runs(tmp_path: Path, shared_dir: Path) -> None:
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "stage=finetune", f"train_dir={shared_dir / 'images/val'}",
+                             f"teachers_dir={shared_dir / 'teachers'}", "image_size=64", "max_images=4",
+                             "backbone_kwargs={input_size: 64, embed_dim: 256, linear_hidden: 32}",
+                             "regress_weight=0", "batch_size=2", "max_steps=2", "log_every=1", "num_workers=0",
+                             "distortions_per_ref=3", "radius_margin=2.0"])
+    train(cfg)
+    log = _log(tmp_path / "run")
+    assert len(log) == 2 and all(r["hinge"] >= 0 for r in log)

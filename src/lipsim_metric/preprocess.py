@@ -79,9 +79,9 @@ def validate_images(x: object, name: str, input_range: str = "[0,1]", check_valu
     if min(h, w) < MIN_IMAGE_SIZE:
         raise ValueError(f"{name} is {h}x{w}; images must be at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels")
     if check_values:
-        stats = torch.stack([x.amin(), x.amax(), torch.isfinite(x).all().to(x.dtype)]).float().tolist()
-        lo, hi, finite = stats
-        if not finite:
+        # One pass: min and max propagate NaN, and +-Inf shows up as an infinite extreme.
+        lo, hi = torch.stack(torch.aminmax(x)).float().tolist()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(f"{name} contains NaN or Inf values")
         if lo < low - RANGE_TOLERANCE or hi > high + RANGE_TOLERANCE:
             other = "[-1,1]" if input_range == "[0,1]" else "[0,1]"

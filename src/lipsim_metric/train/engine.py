@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..backbones import create_backbone
-from ..certificates import cosine_distance, project_embedding
+from ..certificates import cosine_distance, invert_norm_bound, project_embedding
 from ..pretrained import load_state_dict_strict, read_weights_metadata, save_weights
 from .data import PhotoCropDataset, ShardDataset
 from .distortions import sample_distortion
@@ -74,6 +74,7 @@ class TrainConfig:
     regress_weight: float = 1.0
     rank_weight: float = 0.0
     margin: float = 0.05
+    radius_margin: float = 0.0  # > 0: hinge on the certified radius (backbone l2 units) instead of the distance gap
     distortions_per_ref: int = 4
     min_teacher_gap: float = 0.0  # skip pairs whose teacher distances differ by less than this (ambiguous)
     projection: str = "append"
@@ -173,17 +174,34 @@ def _photo_dataset(cfg: TrainConfig) -> Dataset:
     return ds
 
 
+def signed_radius(e_ref: torch.Tensor, r_ref: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor,
+                  projection: str = "append") -> torch.Tensor:
+    """Differentiable signed certified radius of the 2AFC judgement ``(ref, x0, x1)``, in backbone-input units.
+
+    Positive when ``x1`` is closer (``d0 > d1``), negative otherwise; its absolute value is exactly the radius of
+    :func:`lipsim_metric.certificates.certify_2afc_embeddings` before the float allowance and the input-size factor:
+    ``invert_norm_bound(|d0 - d1| / ||e0 - e1||, r)``. Broadcasts over leading dimensions (``e_*``: ``(..., D)``,
+    ``r_ref``: ``(...)``).
+    """
+    gap = ((e_ref * e1).sum(-1) - (e_ref * e0).sum(-1))  # d0 - d1
+    rho = gap / torch.linalg.vector_norm(e0 - e1, dim=-1).clamp_min(1e-8)
+    radius = invert_norm_bound(rho.abs().flatten(), r_ref.expand_as(rho).flatten(), projection)  # type: ignore[arg-type]
+    return torch.sign(rho) * radius.view_as(rho)
+
+
 def _ranking_hinge(d_student: torch.Tensor, d_teacher: torch.Tensor, margin: float,
-                   min_gap: float) -> tuple[torch.Tensor, torch.Tensor]:
+                   min_gap: float, gaps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Hinge over all pairs of copies of each reference, on pairs every teacher orders the same way.
 
     ``d_student``: ``(B, K)`` student distances from each reference to its ``K`` copies; ``d_teacher``: ``(T, B, K)``
     for ``T`` teachers. For copies ``k < l`` the teachers say ``l`` is closer when ``d_teacher[:, k] > d_teacher[:, l]``
     (``y = +1``). A pair is used only if all teachers agree on ``y`` (the NIGHT idea of unanimous votes) and the
     teachers' mean gap, in units of each teacher's spread over the batch, exceeds ``min_gap``. Loss:
-    ``max(0, m - y (dS_k - dS_l))``. Returns the mean loss and the fraction of used pairs the student orders correctly.
+    ``max(0, m - y (dS_k - dS_l))``. ``gaps`` (``(B, K, K)``, antisymmetric) replaces ``dS_k - dS_l`` when given
+    (the signed certified radius, :func:`signed_radius`); the loss is then divided by ``m`` so its scale does not
+    depend on the radius unit. Returns the mean loss and the fraction of used pairs the student orders correctly.
     """
-    ds = d_student[:, :, None] - d_student[:, None, :]
+    ds = d_student[:, :, None] - d_student[:, None, :] if gaps is None else gaps
     dt = d_teacher[:, :, :, None] - d_teacher[:, :, None, :]  # (T, B, K, K)
     signs = torch.sign(dt)
     unanimous = (signs == signs[:1]).all(0) & (signs[0] != 0)
@@ -195,6 +213,8 @@ def _ranking_hinge(d_student: torch.Tensor, d_teacher: torch.Tensor, margin: flo
     if not use.any():
         return d_student.sum() * 0.0, torch.tensor(float("nan"))
     loss = F.relu(margin - y * ds)[use]
+    if gaps is not None:
+        loss = loss / margin
     agree = ((y * ds) > 0)[use].float()
     return loss.mean(), agree.mean()
 
@@ -317,7 +337,7 @@ def train(cfg: TrainConfig) -> Path:
                 ref, images, b, k = batch, batch, batch.shape[0], 0
             with acc.autocast():
                 feats = student(images)
-            emb, _ = project_embedding(feats.float(), cfg.projection)  # type: ignore[arg-type]
+            emb, norms = project_embedding(feats.float(), cfg.projection)  # type: ignore[arg-type]
             logs: dict[str, torch.Tensor] = {}  # converted to floats only when logged (no per-step sync)
             loss = feats.new_zeros((), dtype=torch.float32)
             if emb_teacher is not None:
@@ -333,7 +353,13 @@ def train(cfg: TrainConfig) -> Path:
                 target = batch["target"].to(d0.device).float()
                 y = torch.sign(target - 0.5)  # +1: humans found x1 closer, so we want d0 - d1 >= margin
                 keep = y != 0
-                hinge = F.relu(cfg.margin - y * (d0 - d1))[keep].mean() if keep.any() else d0.sum() * 0
+                if cfg.radius_margin > 0:
+                    n3 = norms.view(b, 3)
+                    gap = signed_radius(e[:, 0], n3[:, 0], e[:, 1], e[:, 2], cfg.projection)
+                    hinge_all = F.relu(cfg.radius_margin - y * gap) / cfg.radius_margin
+                else:
+                    hinge_all = F.relu(cfg.margin - y * (d0 - d1))
+                hinge = hinge_all[keep].mean() if keep.any() else d0.sum() * 0
                 loss = loss + hinge
                 logs["hinge"] = hinge.detach()
                 logs["pair_agreement"] = ((y * (d0 - d1)) > 0)[keep].float().mean()
@@ -343,7 +369,13 @@ def train(cfg: TrainConfig) -> Path:
                 d_student = d_student.view(b, k)
                 refs = ref[:, None].expand(-1, k, -1, -1, -1).flatten(0, 1)
                 d_teacher = dist_teachers(refs, copies.flatten(0, 1)).view(-1, b, k)
-                rank, agree = _ranking_hinge(d_student, d_teacher, cfg.margin, cfg.min_teacher_gap)
+                gaps = None
+                if cfg.radius_margin > 0:
+                    ek = e[:, 1:]  # (b, k, D): copy k plays x0, copy l plays x1 -> positive when l is closer
+                    gaps = signed_radius(e[:, :1, None], norms.view(b, k + 1)[:, :1, None], ek[:, :, None],
+                                         ek[:, None, :], cfg.projection)
+                margin = cfg.radius_margin if gaps is not None else cfg.margin
+                rank, agree = _ranking_hinge(d_student, d_teacher, margin, cfg.min_teacher_gap, gaps)
                 weight = 1.0 if cfg.stage == "finetune" else cfg.rank_weight
                 loss = loss + weight * rank
                 logs["hinge"], logs["pair_agreement"] = rank.detach(), agree
