@@ -377,6 +377,8 @@ class CliResult:
     status: str = "ok"
     seconds: float | None = None
     model_pairs_per_s: float | None = None
+    decode_s_per_pair: float | None = None  # one core: decoding + resizing one pair (ImagePairDataset item)
+    cores: int = 1
     note: str = ""
 
     @property
@@ -388,6 +390,22 @@ class CliResult:
         if self.pairs_per_s is None or not self.model_pairs_per_s:
             return None
         return self.pairs_per_s / self.model_pairs_per_s
+
+    @property
+    def bound(self) -> float | None:
+        """Best CLI / model ratio that perfect overlap allows on this machine.
+
+        CPU: the model keeps all ``cores`` busy, ``cores / M`` core-seconds per pair at ``M`` model-only pairs/s, and
+        decoding adds ``D`` core-seconds, so at best ``cores / (cores / M + D)`` pairs/s: a ratio of
+        ``1 / (1 + D M / cores)``. CUDA: the model does not use the CPU cores and ``workers`` decode in parallel:
+        ``min(1, workers / (D M))`` (``workers = 0``: decoding and the model alternate, ``1 / (1 + D M)``).
+        """
+        if not self.model_pairs_per_s or self.decode_s_per_pair is None:
+            return None
+        load = self.decode_s_per_pair * self.model_pairs_per_s
+        if self.device.startswith("cpu"):
+            return 1.0 / (1.0 + load / max(1, self.cores))
+        return 1.0 / (1.0 + load) if self.workers == 0 else min(1.0, self.workers / load)
 
 
 def _log(message: str) -> None:
@@ -649,35 +667,45 @@ def _write_png_pairs(folder: Path, n_pairs: int, size: int, seed: int, unique: i
     return sum(sizes) / len(sizes) / 1024
 
 
-def bench_cli(args: argparse.Namespace, device: torch.device) -> CliResult:
+def _decode_seconds_per_pair(folder: Path, size: int, n: int) -> float:
+    """Median single-thread time of one CLI dataset item (decode both PNGs, convert, resize to ``size``)."""
+    from lipsim_metric.io import ImagePairDataset
+
+    pairs = [(folder / "a" / f"{i:05d}.png", folder / "b" / f"{i:05d}.png") for i in range(n)]
+    dataset = ImagePairDataset(pairs, size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what a DataLoader worker uses
+    try:
+        dataset[0]
+        times = []
+        for i in range(n):
+            start = time.perf_counter()
+            dataset[i]
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return float(np.median(times))
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def bench_cli(args: argparse.Namespace, device: torch.device) -> list[CliResult]:
+    """One result per ``--cli-workers`` value, on the same generated PNGs and the same model-only figure."""
     from lipsim_metric import cli
 
     batch = args.cli_batch_for[device.type]
-    workers = args.cli_workers if args.cli_workers is not None else cli.build_parser().get_default("workers")
+    worker_counts = args.cli_workers or [cli.build_parser().get_default("workers")]
+    results: list[CliResult] = []
     with tempfile.TemporaryDirectory(prefix="lipsim-bench-") as tmp:
         folder = Path(tmp)
         _log(f"[cli] writing {args.cli_pairs} pairs of {args.cli_image_size}px PNGs to {folder}")
         png_kib = _write_png_pairs(folder, args.cli_pairs, args.cli_image_size, args.seed)
-        result = CliResult(str(device), args.cli_pairs, args.cli_image_size, batch, workers, png_kib)
         weights = save_weights(create_backbone(LIPSIM), folder / "untrained.safetensors", LIPSIM)
-        output = folder / "scores.json"
-        argv = [str(folder / "a"), str(folder / "b"), "--weights", str(weights), "--format", "json", "-o",
-                str(output), "--quiet", "--batch-size", str(batch), "--device", str(device), "--workers",
-                str(workers)]
-        captured = io.StringIO()
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-            code = cli.main(argv)
-        elapsed = time.perf_counter() - start
-        if code != 0:
-            result.status, result.note = "error", f"lipsim-score exited {code}: {captured.getvalue()[-300:]}"
-            return result
-        scored = json.loads(output.read_text())["summary"]["n"]
-        if scored != args.cli_pairs:
-            result.status, result.note = "error", f"lipsim-score scored {scored} of {args.cli_pairs} pairs"
-            return result
-        result.seconds = elapsed
-        _log(f"[cli] {device}: {args.cli_pairs} pairs in {elapsed:.2f} s")
 
         # Model-only: the computation the CLI runs per batch (distance and radius, fp32) on already-resized tensors.
         metric = LipSim(weights=weights).to(device)
@@ -690,8 +718,33 @@ def bench_cli(args: argparse.Namespace, device: torch.device) -> CliResult:
                 return metric(x0, x1, return_radius=True)
 
         row = _run_row(Row("cli-model", LIPSIM, str(device), "fp32", "default", batch), step, device, args)
-        result.model_pairs_per_s = row.items_per_s
-    return result
+        decode = _decode_seconds_per_pair(folder, metric.input_size, min(args.cli_pairs, 32))
+        _log(f"[cli] decoding + resizing one pair on one core: {1e3 * decode:.1f} ms")
+        del metric, x0, x1
+        for workers in worker_counts:
+            result = CliResult(str(device), args.cli_pairs, args.cli_image_size, batch, workers, png_kib,
+                               model_pairs_per_s=row.items_per_s, decode_s_per_pair=decode,
+                               cores=_available_cores())
+            results.append(result)
+            output = folder / "scores.json"
+            argv = [str(folder / "a"), str(folder / "b"), "--weights", str(weights), "--format", "json", "-o",
+                    str(output), "--quiet", "--batch-size", str(batch), "--device", str(device), "--workers",
+                    str(workers)]
+            captured = io.StringIO()
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+                code = cli.main(argv)
+            elapsed = time.perf_counter() - start
+            if code != 0:
+                result.status, result.note = "error", f"lipsim-score exited {code}: {captured.getvalue()[-300:]}"
+                continue
+            scored = json.loads(output.read_text())["summary"]["n"]
+            if scored != args.cli_pairs:
+                result.status, result.note = "error", f"lipsim-score scored {scored} of {args.cli_pairs} pairs"
+                continue
+            result.seconds = elapsed
+            _log(f"[cli] {device}, {workers} workers: {args.cli_pairs} pairs in {elapsed:.2f} s")
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -725,7 +778,7 @@ TRAIN_COLUMNS = ("backbone", "device", "dtype", "variant", "batch", "images/s", 
                  "MiB/image", "note")
 RESIZE_COLUMNS = ("device", "dtype", "batch", "input", "pairs/s", "vs 224", "resize ms/batch", "resize share", "note")
 CLI_COLUMNS = ("device", "pairs", "image", "PNG KiB", "batch", "workers", "CLI s", "CLI pairs/s",
-               "model-only pairs/s", "CLI / model", "note")
+               "model-only pairs/s", "decode ms/pair (1 core)", "overlap bound", "CLI / model", "note")
 
 
 def _measured_cells(row: Row) -> list[str]:
@@ -789,6 +842,8 @@ def resize_table(rows: Sequence[Row]) -> str:
 def cli_table(results: Sequence[CliResult]) -> str:
     cells = [[c.device, str(c.pairs), f"{c.image_size}x{c.image_size}", _num(c.png_kib), str(c.batch),
               str(c.workers), _num(c.seconds), _num(c.pairs_per_s), _num(c.model_pairs_per_s),
+              _num(None if c.decode_s_per_pair is None else 1e3 * c.decode_s_per_pair),
+              "-" if c.bound is None else f"{100 * c.bound:.0f}%",
               "-" if c.ratio is None else f"{100 * c.ratio:.0f}%", c.note.replace("|", "/").replace("\n", " ")]
              for c in results]
     return _table(CLI_COLUMNS, cells)
@@ -956,6 +1011,14 @@ def write_results(report: str, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _count(text: str) -> int:
+    """An integer >= 0 (worker counts)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
 def _csv(kind: Callable[[str], Any], allowed: Sequence[str] | None = None) -> Callable[[str], list[Any]]:
     def parse(text: str) -> list[Any]:
         items = [item.strip() for item in text.split(",") if item.strip()]
@@ -1011,7 +1074,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cli-pairs", type=int, default=None, help="PNG pairs for the CLI section (default 1000)")
     parser.add_argument("--cli-image-size", type=int, default=512, help="side of the generated PNGs (default 512)")
     parser.add_argument("--cli-batch-size", type=int, default=None, help="lipsim-score --batch-size (CPU 16, CUDA 128)")
-    parser.add_argument("--cli-workers", type=int, default=None, help="lipsim-score --workers (default: its default)")
+    parser.add_argument("--cli-workers", type=_csv(_count), default=None,
+                        help="lipsim-score --workers, one CLI run each, e.g. 1,2 (default: its default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets (explicit flags still win)")
     parser.add_argument("--write", action="store_true", help="append the report to --results")
@@ -1062,7 +1126,7 @@ def _resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.cli_workers is not None and args.cli_workers < 0:
+    if args.cli_workers is not None and min(args.cli_workers) < 0:
         parser.error(f"--cli-workers must be >= 0, got {args.cli_workers}")
     if args.train_backbone not in list_backbones():
         parser.error(f"--train-backbone {args.train_backbone!r} is unknown; choose from {','.join(list_backbones())}")
@@ -1106,7 +1170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resize_rows += bench_resize(args, device)
         if "cli" in args.sections:
             try:
-                cli_results.append(bench_cli(args, device))
+                cli_results += bench_cli(args, device)
             except Exception as exc:
                 cli_results.append(CliResult(str(device), args.cli_pairs, args.cli_image_size,
                                              args.cli_batch_for[device.type], -1, float("nan"), status="error",

@@ -62,8 +62,21 @@ def test_quick_cli_section(bench: ModuleType, capsys: pytest.CaptureFixture[str]
     report = capsys.readouterr().out
     assert "| " + " | ".join(bench.CLI_COLUMNS) + " |" in report
     cells = _row_cells(report, "| cpu | 3 | 64x64 |")
+    assert len(cells) == len(bench.CLI_COLUMNS)
     assert cells[-1] == ""  # no error note
     assert cells[-2].endswith("%")  # CLI / model-only ratio
+    assert float(cells[-4]) > 0  # decode ms per pair
+    assert cells[-3].endswith("%")  # overlap bound
+
+
+def test_cli_overlap_bound(bench: ModuleType) -> None:
+    # model 20 pairs/s on 2 cores (0.1 core-s per pair) + 0.025 core-s decoding -> at best 80% of model speed
+    result = bench.CliResult("cpu", 10, 64, 2, 2, 1.0, seconds=1.0, model_pairs_per_s=20.0, decode_s_per_pair=0.025,
+                             cores=2)
+    assert abs(result.bound - 0.8) < 1e-12
+    assert abs(result.ratio - 0.5) < 1e-12
+    gpu = bench.CliResult("cuda", 10, 64, 2, 4, 1.0, model_pairs_per_s=1000.0, decode_s_per_pair=0.008)
+    assert abs(gpu.bound - 0.5) < 1e-12  # 4 workers decode 500 pairs/s
 
 
 def test_ratio_and_targets_tables(bench: ModuleType) -> None:
