@@ -117,6 +117,23 @@ def test_identity_and_symmetry(name: str, pairs: tuple[torch.Tensor, torch.Tenso
 
 @needs_weights
 @pytest.mark.parametrize("name", DISTANCES)
+def test_cached_features_give_the_same_distance(name: str, pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """features() + distance_from_features() (what attacks use to embed fixed candidates once) == forward()."""
+    from lipsim_metric.train.attacks import _distances_to_pair
+
+    x0, x1 = pairs
+    metric = teacher(name)
+    with torch.no_grad():
+        split = metric.distance_from_features(metric.features(x0), metric.features(x1))
+        direct = metric(x0, x1)
+        d0, d1 = _distances_to_pair(metric, x1, x0)(x0, torch.arange(2))
+    torch.testing.assert_close(split, direct, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(d0, metric(x0, x1), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(d1, metric(x0, x0), rtol=1e-5, atol=1e-6)
+
+
+@needs_weights
+@pytest.mark.parametrize("name", DISTANCES)
 def test_gradient_reaches_inputs_not_parameters(name: str, pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
     x0, x1 = pairs
     x1 = x1.clone().requires_grad_(True)

@@ -384,9 +384,24 @@ def _distances_to_pair(metric_fn: DistanceFn, x0: Tensor, x1: Tensor) -> Callabl
                                                                                     tuple[Tensor, Tensor]]:
     """``(ref, rows) -> (d(ref, x0[rows]), d(ref, x1[rows]))`` in float32, with one metric call per evaluation.
 
-    LipSim embeds the fixed candidates once and the reference once per call; other metrics get one batch of
-    ``2n`` pairs (same work as two calls, fewer launches).
+    LipSim embeds the fixed candidates once and the reference once per call; so do metrics that split into
+    ``features(x)`` and ``distance_from_features(fa, fb)`` (LPIPS, DISTS); other metrics get one batch of ``2n`` pairs
+    (same work as two calls, fewer launches).
     """
+    features = getattr(metric_fn, "features", None)
+    from_features = getattr(metric_fn, "distance_from_features", None)
+    if not isinstance(metric_fn, LipSim) and callable(features) and callable(from_features):
+        _check_images(x0, "x0"), _check_images(x1, "x1")
+        with torch.no_grad():
+            f0, f1 = features(x0), features(x1)
+
+        def cached_pair(x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+            _check_images(x, "ref")
+            fx = features(x)
+            return (from_features(fx, [f[rows] for f in f0]).float(),
+                    from_features(fx, [f[rows] for f in f1]).float())
+
+        return cached_pair
     if isinstance(metric_fn, LipSim):
         with torch.no_grad():
             e0, e1 = cast(Tensor, metric_fn.embed(x0)), cast(Tensor, metric_fn.embed(x1))

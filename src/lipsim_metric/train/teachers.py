@@ -500,11 +500,22 @@ class LPIPS(_FrozenTeacher):
         """
         x0, x1 = _check_pair(x0, x1)
         n = x0.shape[0]
-        both = (torch.cat([x0, x1]) * 2 - 1 - self.shift) / self.scale
-        total = x0.new_zeros(n)
-        for features, head in zip(self.trunk(both), self.heads, strict=True):
-            diff = (_unit_normalize(features[:n]) - _unit_normalize(features[n:])) ** 2
-            total = total + head(diff).mean(dim=(1, 2, 3))  # head has one output channel
+        both = self.features(torch.cat([x0, x1]))
+        return self.distance_from_features([f[:n] for f in both], [f[n:] for f in both])
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Unit-normalised trunk features of ``x`` (``(N, 3, H, W)`` in [0, 1], not checked), one per stage.
+
+        ``distance_from_features(features(a), features(b))`` equals ``forward(a, b)``; attacks use the split to
+        compute fixed images' features once.
+        """
+        return [_unit_normalize(f) for f in self.trunk((x * 2 - 1 - self.shift) / self.scale)]
+
+    def distance_from_features(self, f0: Sequence[Tensor], f1: Sequence[Tensor]) -> Tensor:
+        """LPIPS distance ``(N,)`` from two lists of :meth:`features`."""
+        total = f0[0].new_zeros(f0[0].shape[0])
+        for a, b, head in zip(f0, f1, self.heads, strict=True):
+            total = total + head((a - b) ** 2).mean(dim=(1, 2, 3))  # head has one output channel
         return total
 
 
@@ -594,15 +605,26 @@ class DISTS(_FrozenTeacher):
         """
         x0, x1 = _check_pair(x0, x1)
         n = x0.shape[0]
-        both = torch.cat([x0, x1])
-        stages = [both, *self.trunk((both - self.mean) / self.std)]
+        both = self.features(torch.cat([x0, x1]))
+        return self.distance_from_features([f[:n] for f in both], [f[n:] for f in both])
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The image and its trunk features (``x``: ``(N, 3, H, W)`` in [0, 1], not checked), one per stage.
+
+        ``distance_from_features(features(a), features(b))`` equals ``forward(a, b)``; attacks use the split to
+        compute fixed images' features once.
+        """
+        return [x, *self.trunk((x - self.mean) / self.std)]
+
+    def distance_from_features(self, stages0: Sequence[Tensor], stages1: Sequence[Tensor]) -> Tensor:
+        """DISTS distance ``(N,)`` from two lists of :meth:`features`."""
+        n = stages0[0].shape[0]
         total = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / total, list(self.CHANNELS), dim=1)
         betas = torch.split(self.beta / total, list(self.CHANNELS), dim=1)
-        texture = x0.new_zeros(n, 1, 1, 1)
-        structure = x0.new_zeros(n, 1, 1, 1)
-        for features, alpha, beta in zip(stages, alphas, betas, strict=True):
-            f0, f1 = features[:n], features[n:]
+        texture = stages0[0].new_zeros(n, 1, 1, 1)
+        structure = stages0[0].new_zeros(n, 1, 1, 1)
+        for f0, f1, alpha, beta in zip(stages0, stages1, alphas, betas, strict=True):
             mean0 = f0.mean([2, 3], keepdim=True)
             mean1 = f1.mean([2, 3], keepdim=True)
             similarity_l = (2 * mean0 * mean1 + self.C1) / (mean0**2 + mean1**2 + self.C1)
