@@ -720,7 +720,6 @@ def bench_cli(args: argparse.Namespace, device: torch.device) -> list[CliResult]
         row = _run_row(Row("cli-model", LIPSIM, str(device), "fp32", "default", batch), step, device, args)
         decode = _decode_seconds_per_pair(folder, metric.input_size, min(args.cli_pairs, 32))
         _log(f"[cli] decoding + resizing one pair on one core: {1e3 * decode:.1f} ms")
-        del metric, x0, x1
         for workers in worker_counts:
             result = CliResult(str(device), args.cli_pairs, args.cli_image_size, batch, workers, png_kib,
                                model_pairs_per_s=row.items_per_s, decode_s_per_pair=decode,

@@ -25,7 +25,9 @@ from lipsim_metric.train.robustness import (
     AttackConfig,
     main,
     retrieval_attack_experiment,
+    retrieval_from_triplets,
     run_report,
+    run_retrieval,
     save_adversarial_figure,
 )
 
@@ -364,3 +366,21 @@ def test_retrieval_attack_experiment(metric) -> None:
     assert lip["certified"][1] > 0
     with pytest.raises(ValueError, match="at least 2 images"):
         retrieval_attack_experiment(metric, gallery[:1], queries, eps)
+
+
+def test_retrieval_run_on_a_triplet_set(metric, tmp_path: Path) -> None:
+    data = TinyTripletSet(5)
+    gallery, queries, answers = retrieval_from_triplets(data, 4)
+    assert gallery.shape[0] == queries.shape[0] == 4 and torch.equal(answers, torch.arange(4))
+    assert torch.equal(queries[2], data.x0[2]) and torch.equal(gallery[2], data.ref[2])
+    result = run_retrieval(data, {"lipsim": metric, "mse": build_metric("mse")}, 4, [0.25, 8.0],
+                           AttackConfig(steps=3), "cpu", tmp_path)
+    saved = json.loads((tmp_path / "retrieval.json").read_text())
+    assert saved["gallery_size"] == 4 and set(saved["metrics"]) == {"lipsim", "mse"}
+    lip = saved["metrics"]["lipsim"]
+    assert 0.0 <= lip["clean_top1_accuracy"] <= 1.0
+    assert all(r >= c for r, c in zip(lip["retention"], lip["certified"], strict=True))
+    assert "| lipsim (certified) |" in (tmp_path / "retrieval.md").read_text()
+    assert result["metrics"]["mse"]["certified"] is None
+    with pytest.raises(ValueError, match="at least 2 reference photos"):
+        retrieval_from_triplets(data, 1)

@@ -130,6 +130,13 @@ def test_cached_features_give_the_same_distance(name: str, pairs: tuple[torch.Te
     torch.testing.assert_close(split, direct, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(d0, metric(x0, x1), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(d1, metric(x0, x0), rtol=1e-5, atol=1e-6)
+    # the retrieval experiment's gallery cache: (queries, gallery) distance matrix
+    from lipsim_metric.train.robustness import _all_distances
+
+    with torch.no_grad():
+        matrix = _all_distances(metric, x1)(x0)
+    expected = torch.stack([metric(x0, x1[j:j + 1].expand_as(x0)) for j in range(2)], dim=1)
+    torch.testing.assert_close(matrix, expected, rtol=1e-5, atol=1e-7)
 
 
 @needs_weights

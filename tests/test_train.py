@@ -138,8 +138,9 @@ def test_signed_radius_matches_the_certificate() -> None:
 
 
 def test_radius_hinge_finetune_runs(tmp_path: Path, shared_dir: Path) -> None:
-    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "stage=finetune", f"train_dir={shared_dir / 'images/val'}",
-                             f"teachers_dir={shared_dir / 'teachers'}", "image_size=64", "max_images=4",
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "stage=finetune",
+                             f"train_dir={shared_dir / 'images/val'}", f"teachers_dir={shared_dir / 'teachers'}",
+                             "image_size=64", "max_images=4",
                              "backbone_kwargs={input_size: 64, embed_dim: 256, linear_hidden: 32}",
                              "regress_weight=0", "batch_size=2", "max_steps=2", "log_every=1", "num_workers=0",
                              "distortions_per_ref=3", "radius_margin=2.0"])

@@ -61,6 +61,8 @@ __all__ = [
     "run_report",
     "save_adversarial_figure",
     "retrieval_attack_experiment",
+    "retrieval_from_triplets",
+    "run_retrieval",
     "main",
 ]
 
@@ -598,6 +600,18 @@ def _all_distances(metric_fn: DistanceFn, gallery: Tensor) -> Callable[[Tensor],
         index = EmbeddingIndex.from_tensor(metric_fn, gallery)
         return lambda q: gallery_distances(cast(Tensor, metric_fn.embed(q)), index.embeddings)
     n_gallery = gallery.shape[0]
+    features = getattr(metric_fn, "features", None)
+    from_features = getattr(metric_fn, "distance_from_features", None)
+    if callable(features) and callable(from_features):  # LPIPS, DISTS: gallery features computed once
+        with torch.no_grad():
+            gallery_features = [features(gallery[i:i + 1]) for i in range(n_gallery)]
+
+        def from_cached(q: Tensor) -> Tensor:
+            fq = features(q)
+            return torch.stack([from_features(fq, [f.expand(q.shape[0], *f.shape[1:]) for f in g])
+                                for g in gallery_features], dim=1)
+
+        return from_cached
 
     def pairwise(q: Tensor) -> Tensor:
         a = q.repeat_interleave(n_gallery, dim=0)
@@ -674,6 +688,65 @@ def retrieval_attack_experiment(
             "n_queries": int(queries.shape[0]), "gallery_size": int(gallery.shape[0])}
 
 
+def retrieval_from_triplets(dataset: Any, gallery_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Gallery and queries for the retrieval experiment, from a stored triplet set.
+
+    The gallery is the first ``gallery_size`` distinct reference photos; each gets one query, the ``x0`` of the first
+    triplet built on it (a distorted copy), whose correct answer is that photo.
+
+    Returns:
+        ``(gallery, queries, answers)``: float images in [0, 1] and the gallery index each query should retrieve.
+
+    Raises:
+        ValueError: fewer than 2 photos available.
+    """
+    ref_row = torch.as_tensor(dataset.ref_row)
+    photos = [int(r) for r in torch.unique(ref_row, sorted=True)[:gallery_size]]
+    if len(photos) < 2:
+        raise ValueError(f"the retrieval experiment needs at least 2 reference photos, got {len(photos)}")
+    first = [int(torch.nonzero(ref_row == r)[0]) for r in photos]
+    gallery = torch.stack([dataset[i]["ref"] for i in first])
+    queries = torch.stack([dataset[i]["x0"] for i in first])
+    return gallery, queries, torch.arange(len(photos))
+
+
+def run_retrieval(dataset: Any, metrics: Mapping[str, DistanceFn], gallery_size: int, eps_list: Sequence[float],
+                  config: AttackConfig, device: str | torch.device, out_dir: str | os.PathLike[str],
+                  command: str = "") -> dict[str, Any]:
+    """Top-1 retention under attack for every metric (:func:`retrieval_attack_experiment`), written to
+    ``retrieval.json`` and ``retrieval.md`` in ``out_dir``."""
+    gallery, queries, answers = retrieval_from_triplets(dataset, gallery_size)
+    gallery, queries = gallery.to(device), queries.to(device)
+    result: dict[str, Any] = {"gallery_size": int(gallery.shape[0]), "n_queries": int(queries.shape[0]),
+                              "steps": config.steps, "restarts": config.restarts, "seed": config.seed,
+                              "command": command, "date": time.strftime("%Y-%m-%d"), "metrics": {}}
+    for name, fn in metrics.items():
+        if isinstance(fn, nn.Module):
+            fn = fn.to(device).eval()
+        with torch.no_grad():
+            clean = _all_distances(fn, gallery)(queries)
+        accuracy = float((clean.argmin(dim=1).cpu() == answers).double().mean())
+        res = retrieval_attack_experiment(fn, gallery, queries, eps_list, "l2", config.steps, config.restarts,
+                                          config.seed)
+        result["metrics"][name] = {"clean_top1_accuracy": accuracy, **res}
+    lines = [f"Retrieval: gallery of {result['gallery_size']} photos, {result['n_queries']} distorted queries, "
+             f"l2 attack on the query ({config.steps} steps); share of queries whose top-1 answer survives.", "",
+             "| metric | clean top-1 correct | " + " | ".join(f"l2 {e:g}" for e in eps_list) + " |",
+             "|---|---|" + "---|" * len(eps_list)]
+    for name, entry in result["metrics"].items():
+        lines.append(f"| {name} | {100 * entry['clean_top1_accuracy']:.1f} | "
+                     + " | ".join(f"{100 * r:.1f}" for r in entry["retention"]) + " |")
+        if entry["certified"] is not None:
+            lines.append(f"| {name} (certified) | - | " + " | ".join(f"{100 * r:.1f}" for r in entry["certified"])
+                         + " |")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "retrieval.json").write_text(json.dumps(result, indent=2))
+    (out / "retrieval.md").write_text("\n".join(lines) + "\n")
+    result["markdown"] = "\n".join(lines)
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
@@ -712,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--figure", action="store_true", help="also save adversarial_example.png")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--retrieval", type=int, default=0, metavar="G",
+                        help="instead of the 2AFC report, run the retrieval attack experiment: gallery of the first G "
+                             "reference photos, one distorted copy of each as query, --l2-eps budgets, --steps")
     parser.add_argument("--soundness", type=int, default=0, metavar="N",
                         help="also attack LipSim's own certificates on the first N triplets (check_certificates, "
                              "--steps/--restarts) and write soundness.json; every flip count must be 0")
@@ -725,6 +801,12 @@ def main(argv: list[str] | None = None) -> int:
                                       weights=args.weights if name == "lipsim" else None, device=args.device)
                    for name in names}
         config = AttackConfig(args.method, args.steps, args.restarts, args.seed, args.batch_size)
+        if args.retrieval > 0:
+            retrieval = run_retrieval(dataset, metrics, args.retrieval, args.l2_eps, config, args.device, args.out,
+                                      "python -m lipsim_metric.train.robustness " + " ".join(
+                                          sys.argv[1:] if argv is None else argv))
+            print(retrieval["markdown"])
+            return 0
         manifest = dataset.manifest
         dataset_id = f"{args.triplets} (version {manifest.get('version')}, sha256 {str(manifest.get('sha256'))[:12]})"
         result = run_report(dataset, metrics, args.out, args.limit, args.l2_eps, args.linf_eps, config,
