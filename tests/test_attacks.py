@@ -384,3 +384,30 @@ def test_retrieval_run_on_a_triplet_set(metric, tmp_path: Path) -> None:
     assert result["metrics"]["mse"]["certified"] is None
     with pytest.raises(ValueError, match="at least 2 reference photos"):
         retrieval_from_triplets(data, 1)
+
+
+def test_finished_samples_are_not_evaluated_again(mse) -> None:
+    """stop_above: samples already past the goal leave the batch; the others get the same result as without it."""
+    from lipsim_metric.train.attacks import _apgd_run, _pgd_run
+
+    ref, x0, x1 = triplets(6, seed=21)
+    target = judgement(mse, ref, x0, x1)
+    seen: list[int] = []
+
+    def loss(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        seen.append(len(rows))
+        d0, d1 = mse(x, x0[rows]), mse(x, x1[rows])
+        return torch.where(target[rows] == 1, d1 - d0, d0 - d1)  # > 0: judgement flipped
+
+    eps = torch.tensor([0.05, 0.05, 0.05, 8.0, 8.0, 8.0])  # three budgets too small to flip, three large
+    rows = torch.arange(6)
+    for run in (_apgd_run, _pgd_run):
+        seen.clear()
+        _, full = run(loss, ref, rows, eps, "l2", 20, torch.Generator().manual_seed(0))
+        evaluated_full = sum(seen)
+        seen.clear()
+        _, early = run(loss, ref, rows, eps, "l2", 20, torch.Generator().manual_seed(0), stop_above=0.0)
+        assert sum(seen) < evaluated_full
+        assert torch.equal(early > 0, full > 0)  # the same triplets are broken
+        kept = early <= 0
+        torch.testing.assert_close(early[kept], full[kept])  # unfinished samples: the same trajectory

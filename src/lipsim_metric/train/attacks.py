@@ -236,9 +236,30 @@ def _value_and_grad(objective: Objective, x_adv: Tensor, rows: Tensor) -> tuple[
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _live_value_and_grad(objective: Objective, x_adv: Tensor, rows: Tensor, best_value: Tensor,
+                         stop_above: float | None) -> tuple[Tensor, Tensor]:
+    """:func:`_value_and_grad` on the samples not yet past ``stop_above``; the others get their best value and a zero
+    gradient (they are finished: their best point already achieves the goal, and nothing is computed for them)."""
+    if stop_above is None:
+        return _value_and_grad(objective, x_adv, rows)
+    live = ~(best_value > stop_above)
+    if bool(live.all()):
+        return _value_and_grad(objective, x_adv, rows)
+    value, grad = best_value.clone(), torch.zeros_like(x_adv)
+    if bool(live.any()):
+        value[live], grad[live] = _value_and_grad(objective, x_adv[live], rows[live])
+    return value, grad
+
+
 def _apgd_run(objective: Objective, x: Tensor, rows: Tensor, eps: Tensor, norm: str, steps: int,
-              generator: torch.Generator, rho: float = 0.75) -> tuple[Tensor, Tensor]:
-    """One APGD run (Croce & Hein 2020, Alg. 1); returns the best point and value per sample."""
+              generator: torch.Generator, rho: float = 0.75,
+              stop_above: float | None = None) -> tuple[Tensor, Tensor]:
+    """One APGD run (Croce & Hein 2020, Alg. 1); returns the best point and value per sample.
+
+    ``stop_above``: a sample whose best value exceeds it is finished (e.g. its judgement already flipped) and is
+    no longer evaluated; the other samples follow the trajectory they would have followed without it (up to float
+    rounding of batched kernels).
+    """
     n = x.shape[0]
     x_adv = _random_start(x, eps, norm, generator, on_sphere=True)
     value, grad = _value_and_grad(objective, x_adv, rows)
@@ -260,7 +281,9 @@ def _apgd_run(objective: Objective, x: Tensor, rows: Tensor, eps: Tensor, norm: 
             momentum = 1.0 if i == 0 else 0.75
             x_new = _project(x_adv + momentum * (z - x_adv) + (1.0 - momentum) * (x_adv - x_prev), x, eps, norm)
             x_prev, x_adv = x_adv, x_new
-        value, grad = _value_and_grad(objective, x_adv, rows)
+        if stop_above is not None and bool((best_value > stop_above).all()):
+            break
+        value, grad = _live_value_and_grad(objective, x_adv, rows, best_value, stop_above)
         with torch.no_grad():
             increases += (value > last_value).float()
             last_value = value
@@ -287,14 +310,19 @@ def _apgd_run(objective: Objective, x: Tensor, rows: Tensor, eps: Tensor, norm: 
 
 
 def _pgd_run(objective: Objective, x: Tensor, rows: Tensor, eps: Tensor, norm: str, steps: int,
-             generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """One PGD run from a uniform random start (Madry et al. 2018); returns the best point and value per sample."""
+             generator: torch.Generator, stop_above: float | None = None) -> tuple[Tensor, Tensor]:
+    """One PGD run from a uniform random start (Madry et al. 2018); returns the best point and value per sample.
+
+    ``stop_above``: as in :func:`_apgd_run`.
+    """
     x_adv = _random_start(x, eps, norm, generator, on_sphere=False)
     step = _view(2.5 * eps / steps, x)
     best_value = torch.full((x.shape[0],), -float("inf"), device=x.device)
     x_best = x_adv.clone()
     for i in range(steps + 1):
-        value, grad = _value_and_grad(objective, x_adv, rows)
+        if stop_above is not None and bool((best_value > stop_above).all()):
+            break
+        value, grad = _live_value_and_grad(objective, x_adv, rows, best_value, stop_above)
         with torch.no_grad():
             improved = value > best_value
             best_value = torch.where(improved, value, best_value)
@@ -542,6 +570,9 @@ def attack_2afc(
         "pgd": [("pgd", margin_loss, restarts)],
         "ensemble": [("apgd", ce_loss, 1), ("apgd", margin_loss, 1), ("pgd", margin_loss, restarts)],
     }[method]
+    # A triplet is finished once its judgement flips: cross-entropy above log 2 means the target's logit -d is
+    # strictly below the other one (d strictly larger), and a negative margin means the same.
+    stops = {ce_loss: math.log(2.0), margin_loss: 0.0}
     best_margin = signed_margin(d0, d1, target_t)
     broken = _judgement(d0, d1) != target_t
     best_x = ref.clone()
@@ -551,7 +582,8 @@ def attack_2afc(
             active = rows_all[~broken]
             if active.numel() == 0:
                 return best_x
-            x_run, _ = _RUNS[kind](loss, ref[active], active, eps_t[active], norm, int(steps), generator)
+            x_run, _ = _RUNS[kind](loss, ref[active], active, eps_t[active], norm, int(steps), generator,
+                                   stop_above=stops[loss])
             with torch.no_grad():
                 e0, e1 = distances(x_run, active)
                 m = signed_margin(e0, e1, target_t[active])
