@@ -345,6 +345,7 @@ def perturb_to_maximize(
     restarts: int = 1,
     seed: int = 0,
     done: Callable[[Tensor], Tensor] | None = None,
+    stop_above: float | None = None,
 ) -> PerturbationResult:
     """Maximise a per-sample objective over ``x + delta`` with ``||delta|| <= eps`` and ``x + delta`` in [0, 1].
 
@@ -360,6 +361,8 @@ def perturb_to_maximize(
         restarts: runs from independent random starts (for ``"ensemble"``: the PGD runs); the best point is kept.
         seed: seed of the random starts (a private generator; the global RNG is not touched).
         done: optional ``done(best_values) -> bool mask``; samples marked done are not attacked by later runs.
+        stop_above: a sample whose objective exceeds this value is finished: it is no longer evaluated in the current
+            run, nor attacked by later runs.
 
     Returns:
         A :class:`PerturbationResult` (best points and their objective values).
@@ -380,10 +383,14 @@ def perturb_to_maximize(
     best_value = torch.full((n,), -float("inf"), device=x.device)
     x_best = x.clone()
     for kind in runs:
-        active = rows_all if done is None else rows_all[~done(best_value)]
+        finished = torch.zeros(n, dtype=torch.bool, device=x.device) if done is None else done(best_value)
+        if stop_above is not None:
+            finished |= best_value > stop_above
+        active = rows_all[~finished]
         if active.numel() == 0:
             break
-        x_run, v_run = _RUNS[kind](objective, x[active], active, eps_t[active], norm, int(steps), generator)
+        x_run, v_run = _RUNS[kind](objective, x[active], active, eps_t[active], norm, int(steps), generator,
+                                   stop_above=stop_above)
         better = v_run > best_value[active]
         best_value[active[better]] = v_run[better]
         x_best[active[better]] = x_run[better]

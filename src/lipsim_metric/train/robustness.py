@@ -673,7 +673,9 @@ def retrieval_attack_experiment(
         if eps <= 0:
             retention.append(1.0)
             continue
-        adv = perturb_to_maximize(objective, queries, eps, norm, method, steps, restarts, seed).adversarial
+        # objective > 0: another gallery item is strictly nearer, the top-1 answer changed; that query is finished.
+        adv = perturb_to_maximize(objective, queries, eps, norm, method, steps, restarts, seed,
+                                  stop_above=0.0).adversarial
         with torch.no_grad():
             new_top1 = torch.sort(distances(adv), dim=1, stable=True).indices[:, 0]
         retention.append(float((new_top1 == top1).double().mean()))
