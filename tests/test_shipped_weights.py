@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lipsim_metric import DEFAULT_WEIGHTS, LipSim, get_pretrained_cfg
+from lipsim_metric import DEFAULT_WEIGHTS, LipSim, get_pretrained_cfg, list_pretrained
 from lipsim_metric.cli import main as cli_main
 from lipsim_metric.io import load_image
 from lipsim_metric.pretrained import resolve_weights, sha256_file
@@ -29,6 +29,20 @@ def test_default_weights_are_shipped_and_verified(monkeypatch) -> None:
     path = resolve_weights(DEFAULT_WEIGHTS)
     assert path.name == cfg.filename and cfg.sha256 == sha256_file(path)
     assert path.stat().st_size < 50 * 2**20  # small enough to move around
+
+
+@pytest.mark.parametrize("name", [n for n in list_pretrained() if get_pretrained_cfg(n).sha256 is not None])
+def test_every_registered_project_weight_is_shipped(name: str, monkeypatch) -> None:
+    """Weights this project made (they have a hash) are in weights/, verified, and load offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = get_pretrained_cfg(name)
+    path = resolve_weights(name)
+    assert path.parent.name == "weights" and path.name == cfg.filename
+    assert sha256_file(path) == cfg.sha256
+    metric = LipSim(weights=name)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert float(metric(x, x)) < 1e-6
 
 
 def test_golden_values(metric: LipSim) -> None:
