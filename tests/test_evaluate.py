@@ -36,7 +36,7 @@ def test_report_end_to_end(tmp_path: Path) -> None:
     weights = save_weights(create_backbone("lipsim-fast", **SMALL), tmp_path / "w.safetensors", "lipsim-fast",
                            backbone_kwargs=SMALL)
     code = E.main(["report", "--triplets", str(tmp_path / "set"), "--weights", str(weights),
-                   "--out", str(tmp_path / "report"), "--quiet"])
+                   "--out", str(tmp_path / "report"), "--quiet", "--l2-eps", "1,2"])
     assert code == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     unanimous = report["lipsim"]["unanimous"]
@@ -45,6 +45,8 @@ def test_report_end_to_end(tmp_path: Path) -> None:
         assert 0.0 <= unanimous[key] <= 1.0
     # certified accuracy can only fall as eps grows, and never exceeds natural accuracy
     assert unanimous["natural"] >= unanimous["certified@36/255"] >= unanimous["certified@108/255"]
+    assert unanimous["certified@108/255"] >= unanimous["certified@l2 1"] >= unanimous["certified@l2 2"]
+    assert "certified@l2 2 |" in (tmp_path / "report" / "report.md").read_text()
     assert set(report["teachers_loo"]) == {"mse", "mae"}
     assert "| unanimous |" in (tmp_path / "report" / "report.md").read_text()
 

@@ -52,8 +52,13 @@ def _labels(ds: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def evaluate_lipsim(metric: LipSim, dataset: Any, batch_size: int = 32, device: str = "cpu",
-                    epsilons: tuple[float, ...] = EPSILONS, progress: bool = True) -> dict[str, Any]:
-    """Natural and certified 2AFC agreement of ``metric`` with the teachers' judgements on a stored triplet set."""
+                    epsilons: tuple[float, ...] = EPSILONS, progress: bool = True,
+                    extra_l2: tuple[float, ...] = ()) -> dict[str, Any]:
+    """Natural and certified 2AFC agreement of ``metric`` with the teachers' judgements on a stored triplet set.
+
+    ``epsilons`` are reported as ``certified@k/255``; ``extra_l2`` budgets (e.g. the robustness report's 1, 2, 3)
+    as ``certified@l2 <eps>``.
+    """
     from tqdm import tqdm
 
     metric = metric.to(device).eval()
@@ -70,9 +75,11 @@ def evaluate_lipsim(metric: LipSim, dataset: Any, batch_size: int = 32, device: 
     def summary(mask: torch.Tensor) -> dict[str, Any]:
         n = int(mask.sum())
         out: dict[str, Any] = {"n": n, "natural": float(correct[mask].float().mean()) if n else float("nan")}
-        for eps in epsilons:
+        budgets = [(f"certified@{round(e * 255)}/255", e) for e in epsilons]
+        budgets += [(f"certified@l2 {e:g}", e) for e in extra_l2]
+        for key, eps in budgets:
             ok = correct & (radius > eps)
-            out[f"certified@{round(eps * 255)}/255"] = float(ok[mask].float().mean()) if n else float("nan")
+            out[key] = float(ok[mask].float().mean()) if n else float("nan")
         out["median_radius_correct"] = float(radius[mask & correct].median()) if (mask & correct).any() else 0.0
         return out
 
@@ -105,7 +112,8 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
     """Write ``report.json`` and a markdown table ``report.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(result, indent=2))
-    keys = ["natural"] + [f"certified@{round(e * 255)}/255" for e in EPSILONS]
+    first = next(iter(result["lipsim"].values()))
+    keys = [k for k in first if k == "natural" or k.startswith("certified@")]
     lines = [
         f"Validation set: `{result['triplets']}` (version {result['version']}, {result['n_triplets']} triplets, "
         f"teachers {', '.join(result['teachers'])}); weights `{result['weights']}`; {result['machine']}, "
@@ -145,7 +153,8 @@ def _report(args: argparse.Namespace) -> int:
         "n_triplets": len(dataset),
         "teachers": list(dataset.manifest["triplets"][0]["votes"]),
         "weights": str(args.weights or metric.weights_name),
-        "lipsim": evaluate_lipsim(metric, dataset, args.batch_size, args.device, progress=not args.quiet),
+        "lipsim": evaluate_lipsim(metric, dataset, args.batch_size, args.device, progress=not args.quiet,
+                                  extra_l2=tuple(args.l2_eps)),
         "teachers_loo": evaluate_teachers(dataset),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, "
                    f"device {args.device}, torch {torch.__version__}".replace("  ", " "),
@@ -180,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--device", default="cpu")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--l2-eps", type=lambda t: [float(v) for v in t.split(",") if v.strip()], default=[],
+                   help="extra certified budgets in l2 [0,1] pixel units, e.g. 1,2,3 (the robustness report's)")
     args = parser.parse_args(argv)
     try:
         return _build(args) if args.cmd == "build" else _report(args)
