@@ -793,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soundness", type=int, default=0, metavar="N",
                         help="also attack LipSim's own certificates on the first N triplets (check_certificates, "
                              "--steps/--restarts) and write soundness.json; every flip count must be 0")
+    parser.add_argument("--soundness-steps", type=int, default=None, metavar="S",
+                        help="attack steps of the soundness check (default: --steps)")
     args = parser.parse_args(argv)
     try:
         dataset = load_triplet_set(args.triplets)
@@ -821,8 +823,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(_markdown(result))
     if args.soundness > 0 and "lipsim" in metrics:
-        sound = soundness_check(metrics["lipsim"], dataset, args.soundness, args.steps, args.restarts, args.seed,
-                                args.batch_size, args.device)
+        sound = soundness_check(metrics["lipsim"], dataset, args.soundness, args.soundness_steps or args.steps,
+                                args.restarts, args.seed, args.batch_size, args.device)
         Path(args.out, "soundness.json").write_text(json.dumps(sound, indent=2))
         print(json.dumps(sound, indent=2))
         if sound["flips"] or sound["pair_flips"] or sound["half_flips"]:
