@@ -364,6 +364,8 @@ def _markdown(result: Mapping[str, Any]) -> str:
     if cert:
         cells = [cert["natural"] if n == "natural" else cert[n][str(e)] for n, e in cols]
         lines.append("| lipsim (certified) | " + " | ".join(f"{100 * c:.1f}" for c in cells) + " |")
+    if not any(res.get("distance_attack") for res in result["metrics"].values()):
+        return "\n".join(lines) + "\n"  # --distance-eps 0: no distance attack
     lines += ["", f"Distance attack, l2 eps = {result['config']['distance_eps']:g}: d(x, x + delta) per metric.", "",
               "| metric | images | median d(x, x+delta) | max | median clean d(ref, x0) |", "|---|---|---|---|---|"]
     for name, res in result["metrics"].items():
