@@ -68,6 +68,7 @@ from ..metric import LipSim
 __all__ = [
     "Norm",
     "DistanceFn",
+    "feature_split",
     "Objective",
     "NORMS",
     "TWO_AFC_METHODS",
@@ -415,6 +416,18 @@ def _distance_to(metric_fn: DistanceFn, fixed: Tensor) -> Callable[[Tensor, Tens
     return lambda x, rows: metric_fn(x, fixed[rows])
 
 
+def feature_split(metric_fn: DistanceFn) -> tuple[Callable[[Tensor], Any], Callable[[Any, Any], Tensor]] | None:
+    """``(features, distance_from_features)`` of a metric that splits that way (LPIPS, DISTS), else None.
+
+    Attacks and the retrieval experiment use it to compute fixed images' features once.
+    """
+    features = getattr(metric_fn, "features", None)
+    from_features = getattr(metric_fn, "distance_from_features", None)
+    if isinstance(metric_fn, LipSim) or not (callable(features) and callable(from_features)):
+        return None
+    return features, from_features
+
+
 def _distances_to_pair(metric_fn: DistanceFn, x0: Tensor, x1: Tensor) -> Callable[[Tensor, Tensor],
                                                                                     tuple[Tensor, Tensor]]:
     """``(ref, rows) -> (d(ref, x0[rows]), d(ref, x1[rows]))`` in float32, with one metric call per evaluation.
@@ -423,9 +436,9 @@ def _distances_to_pair(metric_fn: DistanceFn, x0: Tensor, x1: Tensor) -> Callabl
     ``features(x)`` and ``distance_from_features(fa, fb)`` (LPIPS, DISTS); other metrics get one batch of ``2n`` pairs
     (same work as two calls, fewer launches).
     """
-    features = getattr(metric_fn, "features", None)
-    from_features = getattr(metric_fn, "distance_from_features", None)
-    if not isinstance(metric_fn, LipSim) and callable(features) and callable(from_features):
+    split = feature_split(metric_fn)
+    if split is not None:
+        features, from_features = split
         _check_images(x0, "x0"), _check_images(x1, "x1")
         with torch.no_grad():
             f0, f1 = features(x0), features(x1)

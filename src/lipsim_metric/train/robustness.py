@@ -48,7 +48,14 @@ from torch import Tensor, nn
 
 from ..metric import LipSim
 from ..retrieval import EmbeddingIndex, gallery_distances
-from .attacks import DistanceFn, attack_2afc, attack_distance, perturb_to_maximize, perturbation_norm
+from .attacks import (
+    DistanceFn,
+    attack_2afc,
+    attack_distance,
+    feature_split,
+    perturb_to_maximize,
+    perturbation_norm,
+)
 
 __all__ = [
     "L2_EPSILONS",
@@ -602,9 +609,9 @@ def _all_distances(metric_fn: DistanceFn, gallery: Tensor) -> Callable[[Tensor],
         index = EmbeddingIndex.from_tensor(metric_fn, gallery)
         return lambda q: gallery_distances(cast(Tensor, metric_fn.embed(q)), index.embeddings)
     n_gallery = gallery.shape[0]
-    features = getattr(metric_fn, "features", None)
-    from_features = getattr(metric_fn, "distance_from_features", None)
-    if callable(features) and callable(from_features):  # LPIPS, DISTS: gallery features computed once
+    split = feature_split(metric_fn)
+    if split is not None:  # LPIPS, DISTS: gallery features computed once
+        features, from_features = split
         with torch.no_grad():
             gallery_features = [features(gallery[i:i + 1]) for i in range(n_gallery)]
 
