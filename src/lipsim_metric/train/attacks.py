@@ -238,17 +238,20 @@ def _value_and_grad(objective: Objective, x_adv: Tensor, rows: Tensor) -> tuple[
 
 
 def _live_value_and_grad(objective: Objective, x_adv: Tensor, rows: Tensor, best_value: Tensor,
-                         stop_above: float | None) -> tuple[Tensor, Tensor]:
+                         stop_above: float | None) -> tuple[Tensor, Tensor] | None:
     """:func:`_value_and_grad` on the samples not yet past ``stop_above``; the others get their best value and a zero
-    gradient (they are finished: their best point already achieves the goal, and nothing is computed for them)."""
+    gradient (they are finished: their best point already achieves the goal, and nothing is computed for them).
+    None when every sample is finished."""
     if stop_above is None:
         return _value_and_grad(objective, x_adv, rows)
     live = ~(best_value > stop_above)
-    if bool(live.all()):
+    n_live = int(live.sum())
+    if n_live == 0:
+        return None
+    if n_live == live.numel():
         return _value_and_grad(objective, x_adv, rows)
     value, grad = best_value.clone(), torch.zeros_like(x_adv)
-    if bool(live.any()):
-        value[live], grad[live] = _value_and_grad(objective, x_adv[live], rows[live])
+    value[live], grad[live] = _value_and_grad(objective, x_adv[live], rows[live])
     return value, grad
 
 
@@ -282,9 +285,10 @@ def _apgd_run(objective: Objective, x: Tensor, rows: Tensor, eps: Tensor, norm: 
             momentum = 1.0 if i == 0 else 0.75
             x_new = _project(x_adv + momentum * (z - x_adv) + (1.0 - momentum) * (x_adv - x_prev), x, eps, norm)
             x_prev, x_adv = x_adv, x_new
-        if stop_above is not None and bool((best_value > stop_above).all()):
+        evaluated = _live_value_and_grad(objective, x_adv, rows, best_value, stop_above)
+        if evaluated is None:
             break
-        value, grad = _live_value_and_grad(objective, x_adv, rows, best_value, stop_above)
+        value, grad = evaluated
         with torch.no_grad():
             increases += (value > last_value).float()
             last_value = value
@@ -321,9 +325,10 @@ def _pgd_run(objective: Objective, x: Tensor, rows: Tensor, eps: Tensor, norm: s
     best_value = torch.full((x.shape[0],), -float("inf"), device=x.device)
     x_best = x_adv.clone()
     for i in range(steps + 1):
-        if stop_above is not None and bool((best_value > stop_above).all()):
+        evaluated = _live_value_and_grad(objective, x_adv, rows, best_value, stop_above)
+        if evaluated is None:
             break
-        value, grad = _live_value_and_grad(objective, x_adv, rows, best_value, stop_above)
+        value, grad = evaluated
         with torch.no_grad():
             improved = value > best_value
             best_value = torch.where(improved, value, best_value)
@@ -439,7 +444,8 @@ def _distances_to_pair(metric_fn: DistanceFn, x0: Tensor, x1: Tensor) -> Callabl
     split = feature_split(metric_fn)
     if split is not None:
         features, from_features = split
-        _check_images(x0, "x0"), _check_images(x1, "x1")
+        _check_images(x0, "x0")
+        _check_images(x1, "x1")
         with torch.no_grad():
             f0, f1 = features(x0), features(x1)
 

@@ -185,8 +185,8 @@ def signed_radius(e_ref: torch.Tensor, r_ref: torch.Tensor, e0: torch.Tensor, e1
     """
     gap = ((e_ref * e1).sum(-1) - (e_ref * e0).sum(-1))  # d0 - d1
     rho = gap / torch.linalg.vector_norm(e0 - e1, dim=-1).clamp_min(1e-8)
-    radius = invert_norm_bound(rho.abs().flatten(), r_ref.expand_as(rho).flatten(), projection)  # type: ignore[arg-type]
-    return torch.sign(rho) * radius.view_as(rho)
+    radius = invert_norm_bound(rho.abs(), r_ref.expand_as(rho), projection)  # type: ignore[arg-type]
+    return torch.sign(rho) * radius
 
 
 def _ranking_hinge(d_student: torch.Tensor, d_teacher: torch.Tensor, margin: float,
