@@ -167,6 +167,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budgets(text: str) -> list[float]:
+    """``"1,2,3"`` -> ``[1.0, 2.0, 3.0]``; non-negative numbers only."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated l2 budgets such as 1,2,3, got {text!r}") from None
+    if any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"budgets must be >= 0, got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lipsim_metric.train.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--device", default="cpu")
     r.add_argument("--quiet", action="store_true")
-    r.add_argument("--l2-eps", type=lambda t: [float(v) for v in t.split(",") if v.strip()], default=[],
+    r.add_argument("--l2-eps", type=_budgets, default=[],
                    help="extra certified budgets in l2 [0,1] pixel units, e.g. 1,2,3 (the robustness report's)")
     args = parser.parse_args(argv)
     try:

@@ -805,6 +805,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soundness-steps", type=int, default=None, metavar="S",
                         help="attack steps of the soundness check (default: --steps)")
     args = parser.parse_args(argv)
+    if args.retrieval < 0:
+        parser.error(f"--retrieval must be >= 0 (0: the 2AFC report), got {args.retrieval}")
+    if args.soundness_steps is not None and args.soundness_steps < 1:
+        parser.error(f"--soundness-steps must be >= 1, got {args.soundness_steps}")
     try:
         dataset = load_triplet_set(args.triplets)
         names = [m.strip() for m in args.metrics.split(",") if m.strip()]
