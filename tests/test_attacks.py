@@ -23,12 +23,14 @@ from lipsim_metric.train.attacks import (
 from lipsim_metric.train.baselines import build_metric, gaussian_window, ssim
 from lipsim_metric.train.robustness import (
     AttackConfig,
+    generated_triplets,
     main,
     retrieval_attack_experiment,
     retrieval_from_triplets,
     run_report,
     run_retrieval,
     save_adversarial_figure,
+    soundness_check,
 )
 
 
@@ -200,6 +202,93 @@ def test_the_soundness_check_finds_flips_outside_the_certificates(metric) -> Non
     ref, x0, x1 = triplets(2, seed=9)
     report = check_certificates(metric, ref, x0, x1, steps=5, restarts=1, budget_factor=6.0)
     assert report["flips"] > 0 and report["half_flips"] > 0
+
+
+def test_check_certificates_runs_only_the_selected_checks(metric) -> None:
+    ref, x0, x1 = triplets(3, seed=11)
+    full = check_certificates(metric, ref, x0, x1, steps=4, restarts=1)
+    only = check_certificates(metric, ref, x0, x1, steps=4, restarts=1, checks=("2afc",))
+    assert only["certified"] == full["certified"] == 3 and only["flips"] == 0
+    assert only["max_margin_used"] == pytest.approx(full["max_margin_used"])  # same attack, same seed
+    assert only["pair_certified"] == only["half_certified"] == 0
+    half = check_certificates(metric, ref, x0, x1, steps=4, restarts=1, checks=("half",))
+    assert half["certified"] == 0 and half["half_certified"] == full["half_certified"] and half["pair_certified"] == 0
+    with pytest.raises(ValueError, match="subset of"):
+        check_certificates(metric, ref, x0, x1, checks=("2afc", "linf"))
+    with pytest.raises(ValueError, match="subset of"):
+        check_certificates(metric, ref, x0, x1, checks=())
+
+
+def test_soundness_check_resumes_from_its_cache(metric, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lipsim_metric.train.attacks as attacks
+
+    data = TinyTripletSet(5)
+    cache = tmp_path / "soundness_cache.json"
+    kwargs = dict(n=5, steps=3, restarts=1, seed=0, batch_size=2, device="cpu", checks=("2afc", "half"),
+                  cache=cache, source="tiny", progress=False)
+    first = soundness_check(metric, data, **kwargs)
+    assert first["tried"] == first["triplets"] == 5 and first["flips"] == 0 and first["half_flips"] == 0
+    assert first["certified"] == 5 and first["pair_certified"] == 0 and first["checks"] == ["2afc", "half"]
+    saved = json.loads(cache.read_text())
+    assert sorted(saved["batches"]) == ["0", "2", "4"]
+    # an interrupted run: the last batch is missing; the rerun attacks only that one
+    del saved["batches"]["4"]
+    cache.write_text(json.dumps(saved))
+    calls = []
+    real = attacks.check_certificates
+
+    def counting(m, ref, *a, **k):
+        calls.append(len(ref))
+        return real(m, ref, *a, **k)
+
+    monkeypatch.setattr(attacks, "check_certificates", counting)
+    again = soundness_check(metric, data, **kwargs)
+    assert calls == [1]
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+    # another configuration does not reuse the cache
+    calls.clear()
+    soundness_check(metric, data, **{**kwargs, "steps": 2})
+    assert calls == [2, 2, 1]
+
+
+def _photos(folder: Path, n: int) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        pixels = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"photo{i}.png")
+    return folder
+
+
+def test_generated_soundness_triplets_are_reproducible(tmp_path: Path) -> None:
+    folder = _photos(tmp_path / "photos", 3)
+    a, b = generated_triplets(folder, 5, seed=1, size=32), generated_triplets(folder, 5, seed=1, size=32)
+    c = generated_triplets(folder, 5, seed=2, size=32)
+    assert len(a) == 5 and a[0]["ref"].shape == (3, 32, 32)
+    assert all(torch.equal(a[i][k], b[i][k]) for i in range(5) for k in ("ref", "x0", "x1"))
+    assert not all(torch.equal(a[i]["x0"], c[i]["x0"]) for i in range(5))
+
+
+def test_soundness_only_command_on_generated_triplets(small_weights: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _photos(tmp_path / "photos", 2)
+    out = tmp_path / "out"
+    argv = ["--soundness-only", "--soundness", "3", "--soundness-images", str(folder), "--soundness-checks", "2afc",
+            "--weights", small_weights, "--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet"]
+    assert main(argv) == 0
+    saved = json.loads((out / "soundness.json").read_text())
+    assert saved["tried"] == 3 and saved["flips"] == 0 and saved["checks"] == ["2afc"]
+    assert "generated, seed 1" in saved["source"] and (out / "soundness_cache.json").is_file()
+    assert not (out / "results.json").exists()  # no report in a soundness-only run
+    capsys.readouterr()
+    for bad, message in ((["--soundness-checks", "2afc,bogus"], "subset of 2afc,pair,half"),
+                         (["--soundness", "0"], "needs --soundness N"),
+                         (["--soundness-images", ""], "--triplets is required")):
+        with pytest.raises(SystemExit):
+            main(argv + bad)
+        assert message in capsys.readouterr().err
 
 
 def test_check_certificates_needs_lipsim(mse) -> None:

@@ -777,7 +777,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m lipsim_metric.train.robustness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--triplets", required=True, help="stored triplet set (folder or manifest.json)")
+    parser.add_argument("--triplets", default=None,
+                        help="stored triplet set (folder or manifest.json); needed except for --soundness-only runs "
+                             "on --soundness-images")
     parser.add_argument("--metrics", default="lipsim,lpips-alex,lpips-vgg,dists,ssim",
                         help=f"comma-separated, from {', '.join(METRICS)}")
     parser.add_argument("--weights", default=None, help="LipSim weights: registered name or .safetensors path")
@@ -804,14 +806,37 @@ def main(argv: list[str] | None = None) -> int:
                              "--steps/--restarts) and write soundness.json; every flip count must be 0")
     parser.add_argument("--soundness-steps", type=int, default=None, metavar="S",
                         help="attack steps of the soundness check (default: --steps)")
+    parser.add_argument("--soundness-checks", default="2afc,pair,half",
+                        help="which certificates to attack: comma-separated from 2afc, pair (distance 0), half "
+                             "(distance d/2)")
+    parser.add_argument("--soundness-images", default=None, metavar="DIR",
+                        help="run the soundness check on N unlabelled distortion triplets generated from the photos "
+                             "in DIR (seed --soundness-seed) instead of the first N of --triplets")
+    parser.add_argument("--soundness-seed", type=int, default=1,
+                        help="recipe seed of --soundness-images triplets (default 1; val-v1 used 0)")
+    parser.add_argument("--soundness-only", action="store_true", help="skip the 2AFC report, run only the soundness "
+                                                                       "check (resumable: soundness_cache.json)")
     args = parser.parse_args(argv)
+    checks = tuple(c.strip() for c in args.soundness_checks.split(",") if c.strip())
+    if not checks or not set(checks) <= {"2afc", "pair", "half"}:
+        parser.error(f"--soundness-checks takes a comma-separated subset of 2afc,pair,half, got "
+                     f"{args.soundness_checks!r}")
+    if args.soundness_only and args.soundness < 1:
+        parser.error("--soundness-only needs --soundness N (N >= 1)")
+    if args.soundness_only and args.retrieval > 0:
+        parser.error("--soundness-only and --retrieval are separate runs; give one of them")
+    if args.triplets is None and not (args.soundness_only and args.soundness_images):
+        parser.error("--triplets is required (only a --soundness-only run on --soundness-images goes without)")
     if args.retrieval < 0:
         parser.error(f"--retrieval must be >= 0 (0: the 2AFC report), got {args.retrieval}")
     if args.soundness_steps is not None and args.soundness_steps < 1:
         parser.error(f"--soundness-steps must be >= 1, got {args.soundness_steps}")
+    command = "python -m lipsim_metric.train.robustness " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        dataset = load_triplet_set(args.triplets)
+        dataset = load_triplet_set(args.triplets) if args.triplets is not None else None
         names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if args.soundness_only:
+            names = ["lipsim"]
         if not names:
             raise ValueError("--metrics is empty")
         metrics = {name: build_metric(name, teachers_dir=args.teachers_dir,
@@ -820,53 +845,126 @@ def main(argv: list[str] | None = None) -> int:
         config = AttackConfig(args.method, args.steps, args.restarts, args.seed, args.batch_size)
         if args.retrieval > 0:
             retrieval = run_retrieval(dataset, metrics, args.retrieval, args.l2_eps, config, args.device, args.out,
-                                      "python -m lipsim_metric.train.robustness " + " ".join(
-                                          sys.argv[1:] if argv is None else argv))
+                                      command)
             print(retrieval["markdown"])
             return 0
-        manifest = dataset.manifest
-        dataset_id = f"{args.triplets} (version {manifest.get('version')}, sha256 {str(manifest.get('sha256'))[:12]})"
-        result = run_report(dataset, metrics, args.out, args.limit, args.l2_eps, args.linf_eps, config,
-                            args.distance_eps, args.device, not args.quiet, args.figure, dataset_id,
-                            str(args.weights or ""),
-                            "python -m lipsim_metric.train.robustness " + " ".join(sys.argv[1:] if argv is None
-                                                                                    else argv))
+        if not args.soundness_only:
+            manifest = dataset.manifest
+            dataset_id = (f"{args.triplets} (version {manifest.get('version')}, "
+                          f"sha256 {str(manifest.get('sha256'))[:12]})")
+            result = run_report(dataset, metrics, args.out, args.limit, args.l2_eps, args.linf_eps, config,
+                                args.distance_eps, args.device, not args.quiet, args.figure, dataset_id,
+                                str(args.weights or ""), command)
+            print(_markdown(result))
+        if args.soundness > 0 and "lipsim" in metrics:
+            if args.soundness_images:
+                sound_set = generated_triplets(args.soundness_images, args.soundness, args.soundness_seed)
+                source = f"{args.soundness_images} (generated, seed {args.soundness_seed})"
+            else:
+                sound_set, source = dataset, str(args.triplets)
+            sound = soundness_check(metrics["lipsim"], sound_set, args.soundness, args.soundness_steps or args.steps,
+                                    args.restarts, args.seed, args.batch_size, args.device, checks,
+                                    Path(args.out, "soundness_cache.json"), source, not args.quiet)
+            sound.update(weights=str(args.weights or "default"), command=command)
+            Path(args.out, "soundness.json").write_text(json.dumps(sound, indent=2))
+            print(json.dumps(sound, indent=2))
+            if sound["flips"] or sound["pair_flips"] or sound["half_flips"]:
+                print("error: a certificate was broken", file=sys.stderr)
+                return 1
     except (FileNotFoundError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(_markdown(result))
-    if args.soundness > 0 and "lipsim" in metrics:
-        sound = soundness_check(metrics["lipsim"], dataset, args.soundness, args.soundness_steps or args.steps,
-                                args.restarts, args.seed, args.batch_size, args.device)
-        Path(args.out, "soundness.json").write_text(json.dumps(sound, indent=2))
-        print(json.dumps(sound, indent=2))
-        if sound["flips"] or sound["pair_flips"] or sound["half_flips"]:
-            print("error: a certificate was broken", file=sys.stderr)
-            return 1
     return 0
 
 
 def soundness_check(metric_fn: Any, dataset: Any, n: int, steps: int, restarts: int, seed: int, batch_size: int,
-                    device: str) -> dict[str, Any]:
-    """Run :func:`~lipsim_metric.train.attacks.check_certificates` over the first ``n`` triplets, in batches."""
+                    device: str, checks: Sequence[str] | None = None, cache: str | os.PathLike[str] | None = None,
+                    source: str = "", progress: bool = True) -> dict[str, Any]:
+    """Run :func:`~lipsim_metric.train.attacks.check_certificates` over the first ``n`` triplets, in batches.
+
+    Args:
+        metric_fn: the LipSim metric (or a wrapper with a ``.metric`` attribute).
+        dataset: indexable triplets with ``ref``, ``x0``, ``x1`` items (labels are not used: a certificate is a claim
+            about LipSim's own judgement, right or wrong).
+        n: number of triplets (the first ``n``).
+        steps, restarts, seed: attack configuration.
+        batch_size: triplets per call.
+        device: where to run.
+        checks: subset of ``("2afc", "pair", "half")`` (default: all three).
+        cache: JSON file holding the finished batches; a rerun with the same configuration skips them, so a long
+            run can be stopped and resumed (a different configuration starts over).
+        source: description of ``dataset`` stored with the results (also part of the resume key).
+        progress: show a progress bar.
+
+    Returns:
+        The summed counts of :func:`check_certificates` (``max_*`` entries: the maximum), plus ``triplets``,
+        ``steps``, ``restarts``, ``budget_factor``, ``checks``, ``source`` and ``seconds`` (attack time of this
+        and resumed runs).
+    """
     from tqdm import tqdm
 
-    from .attacks import check_certificates
+    from .attacks import CERTIFICATE_CHECKS, check_certificates
 
     metric = getattr(metric_fn, "metric", metric_fn)
     if not isinstance(metric, LipSim):
         raise ValueError("the soundness check needs the LipSim metric")
-    totals: dict[str, Any] = {}
+    checks = tuple(CERTIFICATE_CHECKS if checks is None else checks)
     n = min(n, len(dataset))
-    for start in tqdm(range(0, n, batch_size), desc="soundness", file=sys.stderr):
+    key = {"n": n, "steps": steps, "restarts": restarts, "seed": seed, "batch_size": batch_size,
+           "checks": list(checks), "source": source, "weights": _weights_digest(metric)}
+    done: dict[str, Any] = {}
+    if cache is not None:
+        previous = _read_cache(Path(cache), key)
+        done = dict(previous.get("batches", {})) if previous else {}
+    starts = list(range(0, n, batch_size))
+    bar = tqdm(total=n, desc="soundness", file=sys.stderr, disable=not progress,
+               initial=sum(min(n, s + batch_size) - s for s in starts if str(s) in done))
+    for start in starts:
+        if str(start) in done:
+            continue
+        begin = time.perf_counter()
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
         ref, x0, x1 = (torch.stack([it[k] for it in items]).to(device) for k in ("ref", "x0", "x1"))
-        part = check_certificates(metric, ref, x0, x1, steps=steps, restarts=restarts, seed=seed)
-        for key, value in part.items():
+        part = check_certificates(metric, ref, x0, x1, steps=steps, restarts=restarts, seed=seed, checks=checks)
+        part["seconds"] = time.perf_counter() - begin
+        done[str(start)] = part
+        if cache is not None:
+            _write_cache(Path(cache), {"key": key, "batches": done})
+        bar.update(len(items))
+    bar.close()
+    totals: dict[str, Any] = {}
+    for part in done.values():
+        for name, value in part.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                totals[key] = max(totals.get(key, 0), value) if key.startswith("max_") else totals.get(key, 0) + value
-    totals.update(triplets=n, steps=steps, restarts=restarts, budget_factor=0.999)
+                totals[name] = max(totals.get(name, 0), value) if name.startswith("max_") else \
+                    totals.get(name, 0) + value
+    totals.update(triplets=n, steps=steps, restarts=restarts, budget_factor=0.999, checks=list(checks),
+                  source=source)
     return totals
+
+
+def _weights_digest(metric: LipSim) -> str:
+    """A short digest of the metric's parameters (so a resume cache is never reused across weights)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(metric.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def generated_triplets(image_dir: str | os.PathLike[str], n: int, seed: int, size: int = 224) -> Any:
+    """Unlabelled distortion triplets on the centre crops of the photos in ``image_dir`` (for soundness checks).
+
+    The recipe is the validation set's (:func:`~lipsim_metric.train.data.make_distortion_triplets`, hard fraction
+    0.3), drawn with ``seed``; no teacher is run, so any number of triplets costs only the rendering.
+    """
+    import numpy as np
+
+    from .data import DistortionTripletDataset, PhotoCropDataset, make_distortion_triplets
+
+    photos = PhotoCropDataset(image_dir, size=size, train=False)
+    specs = make_distortion_triplets(len(photos), np.random.default_rng(seed), n)
+    return DistortionTripletDataset(photos, specs)
 
 
 if __name__ == "__main__":
