@@ -276,6 +276,21 @@ register_pretrained(
     )
 )
 
+register_pretrained(
+    PretrainedCfg(
+        name="lipsim-fast.robust-alex-cpu-v2",
+        variant="lipsim-fast",
+        filename="lipsim-fast.robust-alex-cpu-v2.safetensors",
+        hf_hub_id="lipsim-metric/lipsim-fast",
+        revision="main",
+        sha256="037645f0043505612fc6f3671d2c9994f1d92d1a08b8faffeeeb66ecfe1090a6",
+        training="robust-alex-cpu-v1 fine-tuned 45 more minutes with the same certified-radius objective on fresh "
+        "triplets (seed 3); 531 steps x 8 references on 2 CPU cores (configs/robust2_cpu.yaml). Larger certified "
+        "radii than v1 and than the default, natural agreement between the two",
+        model_card="docs/model_card.md",
+    )
+)
+
 for _tag, _summary in (
     ("pretrained", "authors' distilled checkpoint (DreamSim teacher, ImageNet), before NIGHT fine-tuning"),
     ("margin0.2", "authors' checkpoint fine-tuned on NIGHT with hinge margin 0.2"),
