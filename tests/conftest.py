@@ -40,6 +40,25 @@ def small_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+def write_noise_photos(folder: Path, n: int, height: int = 64, width: int = 64) -> Path:
+    """Create ``folder`` with ``n`` uniform-noise RGB PNGs (``img{i}.png``, seed 0) and return it."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture()
+def noise_photos(tmp_path: Path):
+    """``noise_photos(n, height=64, width=64)``: a fresh folder of ``n`` noise PNGs (:func:`write_noise_photos`)."""
+    counter = iter(range(1_000_000))
+    return lambda n, height=64, width=64: write_noise_photos(tmp_path / f"photos{next(counter)}", n, height, width)
+
+
 @pytest.fixture()
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(0)

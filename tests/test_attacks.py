@@ -251,19 +251,8 @@ def test_soundness_check_resumes_from_its_cache(metric, tmp_path: Path, monkeypa
     assert calls == [2, 2, 1]
 
 
-def _photos(folder: Path, n: int) -> Path:
-    from PIL import Image
-
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        pixels = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"photo{i}.png")
-    return folder
-
-
-def test_generated_soundness_triplets_are_reproducible(tmp_path: Path) -> None:
-    folder = _photos(tmp_path / "photos", 3)
+def test_generated_soundness_triplets_are_reproducible(noise_photos) -> None:
+    folder = noise_photos(3, 48, 64)
     a, b = generated_triplets(folder, 5, seed=1, size=32), generated_triplets(folder, 5, seed=1, size=32)
     c = generated_triplets(folder, 5, seed=2, size=32)
     assert len(a) == 5 and a[0]["ref"].shape == (3, 32, 32)
@@ -271,9 +260,9 @@ def test_generated_soundness_triplets_are_reproducible(tmp_path: Path) -> None:
     assert not all(torch.equal(a[i]["x0"], c[i]["x0"]) for i in range(5))
 
 
-def test_soundness_only_command_on_generated_triplets(small_weights: str, tmp_path: Path,
+def test_soundness_only_command_on_generated_triplets(small_weights: str, tmp_path: Path, noise_photos,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    folder = _photos(tmp_path / "photos", 2)
+    folder = noise_photos(2, 48, 64)
     out = tmp_path / "out"
     argv = ["--soundness-only", "--soundness", "3", "--soundness-images", str(folder), "--soundness-checks", "2afc",
             "--weights", small_weights, "--out", str(out), "--steps", "2", "--batch-size", "2", "--quiet"]

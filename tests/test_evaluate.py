@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from lipsim_metric import create_backbone
 from lipsim_metric.pretrained import save_weights
@@ -17,21 +15,12 @@ from lipsim_metric.train.data import build_val_triplets, load_triplet_set
 SMALL = {"input_size": 64, "embed_dim": 256, "linear_hidden": 64}
 
 
-def _images(folder: Path, n: int = 4) -> Path:
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        arr = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f"img{i}.png")
-    return folder
-
-
-def test_report_end_to_end(tmp_path: Path) -> None:
+def test_report_end_to_end(tmp_path: Path, noise_photos) -> None:
     teachers = {
         "mse": lambda a, b: (a - b).square().flatten(1).mean(1),
         "mae": lambda a, b: (a - b).abs().flatten(1).mean(1),
     }
-    build_val_triplets(_images(tmp_path / "photos"), tmp_path / "set", teachers, n=6, seed=0, size=64)
+    build_val_triplets(noise_photos(4), tmp_path / "set", teachers, n=6, seed=0, size=64)
     torch.manual_seed(0)
     weights = save_weights(create_backbone("lipsim-fast", **SMALL), tmp_path / "w.safetensors", "lipsim-fast",
                            backbone_kwargs=SMALL)
