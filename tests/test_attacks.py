@@ -229,6 +229,7 @@ def test_soundness_check_resumes_from_its_cache(metric, tmp_path: Path, monkeypa
     first = soundness_check(metric, data, **kwargs)
     assert first["tried"] == first["triplets"] == 5 and first["flips"] == 0 and first["half_flips"] == 0
     assert first["certified"] == 5 and first["pair_certified"] == 0 and first["checks"] == ["2afc", "half"]
+    assert 0 < first["mean_margin_used"] <= first["max_margin_used"] < 1
     saved = json.loads(cache.read_text())
     assert sorted(saved["batches"]) == ["0", "2", "4"]
     # an interrupted run: the last batch is missing; the rerun attacks only that one

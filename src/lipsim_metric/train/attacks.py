@@ -747,7 +747,8 @@ def check_certificates(
 
     Returns:
         A dict: ``tried`` (triplets), ``certified`` (with 2AFC radius > 0), ``flips``, ``max_margin_used`` (the
-        largest share of a clean margin the attack removed; 1 = reached a tie); ``pair_certified``, ``pair_flips``,
+        largest share of a clean margin the attack removed; 1 = reached a tie), ``sum_margin_used`` (its sum over
+        the certified triplets, for a mean over batches); ``pair_certified``, ``pair_flips``,
         ``max_distance_used`` (threshold 0; share of the clean distance removed); ``half_certified``,
         ``half_flips``, ``max_half_used`` (threshold d/2; share of ``d - d/2`` removed).
 
@@ -766,7 +767,7 @@ def check_certificates(
         raise ValueError(f"checks must be a non-empty subset of {CERTIFICATE_CHECKS}, got {tuple(checks)}")
     cert = metric.certify_2afc(ref, x0, x1)
     idx = torch.nonzero(cert.radius > 0).flatten() if "2afc" in selected else cert.radius.new_zeros(0).long()
-    flips, margin_used = 0, 0.0
+    flips, margin_used, margin_used_sum = 0, 0.0, 0.0
     if idx.numel():
         eps = budget_factor * cert.radius[idx]
         adv = attack_2afc(metric, ref[idx], x0[idx], x1[idx], eps, "l2", "ensemble", steps, restarts, seed,
@@ -775,7 +776,8 @@ def check_certificates(
         after = metric.certify_2afc(adv, x0[idx], x1[idx])
         flips = int((after.prediction != cert.prediction[idx]).sum())
         margin_after = signed_margin(after.d0, after.d1, cert.prediction[idx])
-        margin_used = float((1.0 - margin_after / cert.margin[idx]).max())
+        used = 1.0 - margin_after / cert.margin[idx]
+        margin_used, margin_used_sum = float(used.max()), float(used.sum())
     pair_certified = pair_flips = half_certified = half_flips = 0
     distance_used = half_used = 0.0
     if selected & {"pair", "half"}:
@@ -797,6 +799,7 @@ def check_certificates(
         "certified": int(idx.numel()),
         "flips": flips,
         "max_margin_used": margin_used,
+        "sum_margin_used": margin_used_sum,
         "pair_certified": pair_certified,
         "pair_flips": pair_flips,
         "max_distance_used": distance_used,

@@ -897,7 +897,8 @@ def soundness_check(metric_fn: Any, dataset: Any, n: int, steps: int, restarts: 
         progress: show a progress bar.
 
     Returns:
-        The summed counts of :func:`check_certificates` (``max_*`` entries: the maximum), plus ``triplets``,
+        The summed counts of :func:`check_certificates` (``max_*`` entries: the maximum), ``mean_margin_used`` (the
+        average share of a certified 2AFC margin the attack removed), plus ``triplets``,
         ``steps``, ``restarts``, ``budget_factor``, ``checks``, ``source`` and ``seconds`` (attack time of this
         and resumed runs).
     """
@@ -938,6 +939,8 @@ def soundness_check(metric_fn: Any, dataset: Any, n: int, steps: int, restarts: 
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 totals[name] = max(totals.get(name, 0), value) if name.startswith("max_") else \
                     totals.get(name, 0) + value
+    if totals.get("certified"):
+        totals["mean_margin_used"] = totals["sum_margin_used"] / totals["certified"]
     totals.update(triplets=n, steps=steps, restarts=restarts, budget_factor=0.999, checks=list(checks),
                   source=source)
     return totals
