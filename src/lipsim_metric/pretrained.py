@@ -278,15 +278,15 @@ register_pretrained(
 
 register_pretrained(
     PretrainedCfg(
-        name="lipsim-fast.robust-alex-cpu-v2",
+        name="lipsim-fast.robust-alex-cpu-v3",
         variant="lipsim-fast",
-        filename="lipsim-fast.robust-alex-cpu-v2.safetensors",
+        filename="lipsim-fast.robust-alex-cpu-v3.safetensors",
         hf_hub_id="lipsim-metric/lipsim-fast",
         revision="main",
-        sha256="037645f0043505612fc6f3671d2c9994f1d92d1a08b8faffeeeb66ecfe1090a6",
-        training="robust-alex-cpu-v1 fine-tuned 45 more minutes with the same certified-radius objective on fresh "
-        "triplets (seed 3); 531 steps x 8 references on 2 CPU cores (configs/robust2_cpu.yaml). Larger certified "
-        "radii than v1 and than the default, natural agreement between the two",
+        sha256="9a3439a09a016f617be82ab629556770486da6c189e64fe67819cedf4a469d33",
+        training="robust-alex-cpu-v1 fine-tuned for two more rounds with the same certified-radius objective on fresh "
+        "triplets: 531 steps (seed 3, 45 min, configs/robust2_cpu.yaml) then 462 steps (seed 4, 40 min, "
+        "configs/robust3_cpu.yaml), 8 references per step on 2 CPU cores. The recommended robust weights",
         model_card="docs/model_card.md",
     )
 )
