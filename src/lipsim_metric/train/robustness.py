@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from ..metric import LipSim
 from ..retrieval import EmbeddingIndex, gallery_distances
 from .attacks import (
+    CERTIFICATE_CHECKS,
     DistanceFn,
     attack_2afc,
     attack_distance,
@@ -806,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--steps/--restarts) and write soundness.json; every flip count must be 0")
     parser.add_argument("--soundness-steps", type=int, default=None, metavar="S",
                         help="attack steps of the soundness check (default: --steps)")
-    parser.add_argument("--soundness-checks", default="2afc,pair,half",
+    parser.add_argument("--soundness-checks", default=",".join(CERTIFICATE_CHECKS),
                         help="which certificates to attack: comma-separated from 2afc, pair (distance 0), half "
                              "(distance d/2)")
     parser.add_argument("--soundness-images", default=None, metavar="DIR",
@@ -818,8 +819,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                        "check (resumable: soundness_cache.json)")
     args = parser.parse_args(argv)
     checks = tuple(c.strip() for c in args.soundness_checks.split(",") if c.strip())
-    if not checks or not set(checks) <= {"2afc", "pair", "half"}:
-        parser.error(f"--soundness-checks takes a comma-separated subset of 2afc,pair,half, got "
+    if not checks or not set(checks) <= set(CERTIFICATE_CHECKS):
+        parser.error(f"--soundness-checks takes a comma-separated subset of {','.join(CERTIFICATE_CHECKS)}, got "
                      f"{args.soundness_checks!r}")
     if args.soundness_only and args.soundness < 1:
         parser.error("--soundness-only needs --soundness N (N >= 1)")
@@ -904,7 +905,7 @@ def soundness_check(metric_fn: Any, dataset: Any, n: int, steps: int, restarts: 
     """
     from tqdm import tqdm
 
-    from .attacks import CERTIFICATE_CHECKS, check_certificates
+    from .attacks import check_certificates
 
     metric = getattr(metric_fn, "metric", metric_fn)
     if not isinstance(metric, LipSim):
