@@ -89,6 +89,21 @@ def test_ranking_hinge_uses_only_unanimous_pairs() -> None:
     assert agree.item() == 0.0
 
 
+def test_teachers_to_copies_matches_pairwise_distances(shared_dir: Path) -> None:
+    """The training step computes each reference's teacher features once; the distances must not change."""
+    from lipsim_metric.train.engine import _Teachers
+
+    torch.manual_seed(0)
+    teachers = _Teachers(["lpips-alex", "dists"], str(shared_dir / "teachers"))
+    ref = torch.rand(3, 3, 64, 64)
+    copies = (ref[:, None] + 0.1 * torch.randn(3, 4, 3, 64, 64)).clamp(0, 1)
+    fast = teachers.to_copies(ref, copies)
+    slow = teachers(ref.repeat_interleave(4, dim=0), copies.flatten(0, 1)).view(2, 3, 4)
+    assert fast.shape == (2, 3, 4)
+    assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-6)
+    assert (fast[:, 1] != fast[:, 0]).any()  # references are not mixed up: rows differ
+
+
 def test_finetune_on_human_style_csv_triplets(tmp_path: Path) -> None:
     import numpy as np
     from PIL import Image

@@ -231,6 +231,25 @@ class _Teachers(torch.nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.stack([net(a, b) for net in self.nets])
 
+    @torch.no_grad()
+    def to_copies(self, ref: torch.Tensor, copies: torch.Tensor) -> torch.Tensor:
+        """Distances ``(T, B, K)`` from each reference ``ref[b]`` (``(B, 3, H, W)``) to its copies ``copies[b, k]``.
+
+        Equal to ``forward`` on the references repeated ``K`` times, but each reference's trunk features are
+        computed once (``B + B K`` trunk passes instead of ``2 B K``) for teachers that split ``features`` /
+        ``distance_from_features`` (LPIPS, DISTS).
+        """
+        b, k = copies.shape[:2]
+        flat = copies.flatten(0, 1)
+        out = []
+        for net in self.nets:
+            if hasattr(net, "features") and hasattr(net, "distance_from_features"):
+                f_ref = [f.repeat_interleave(k, dim=0) for f in net.features(ref)]
+                out.append(net.distance_from_features(f_ref, net.features(flat)))
+            else:
+                out.append(net(ref.repeat_interleave(k, dim=0), flat))
+        return torch.stack(out).view(len(self.nets), b, k)
+
 
 def train(cfg: TrainConfig) -> Path:
     """Run one training stage; returns the path of the exported student weights (safetensors)."""
@@ -367,8 +386,7 @@ def train(cfg: TrainConfig) -> Path:
                 e = emb.view(b, k + 1, -1)
                 d_student = cosine_distance(e[:, :1].expand(-1, k, -1).flatten(0, 1), e[:, 1:].flatten(0, 1))
                 d_student = d_student.view(b, k)
-                refs = ref[:, None].expand(-1, k, -1, -1, -1).flatten(0, 1)
-                d_teacher = dist_teachers(refs, copies.flatten(0, 1)).view(-1, b, k)
+                d_teacher = dist_teachers.to_copies(ref, copies)
                 gaps = None
                 if cfg.radius_margin > 0:
                     ek = e[:, 1:]  # (b, k, D): copy k plays x0, copy l plays x1 -> positive when l is closer
