@@ -278,15 +278,16 @@ register_pretrained(
 
 register_pretrained(
     PretrainedCfg(
-        name="lipsim-fast.robust-alex-cpu-v3",
+        name="lipsim-fast.robust-alex-cpu-v4",
         variant="lipsim-fast",
-        filename="lipsim-fast.robust-alex-cpu-v3.safetensors",
+        filename="lipsim-fast.robust-alex-cpu-v4.safetensors",
         hf_hub_id="lipsim-metric/lipsim-fast",
         revision="main",
-        sha256="9a3439a09a016f617be82ab629556770486da6c189e64fe67819cedf4a469d33",
-        training="robust-alex-cpu-v1 fine-tuned for two more rounds with the same certified-radius objective on fresh "
-        "triplets: 531 steps (seed 3, 45 min, configs/robust2_cpu.yaml) then 462 steps (seed 4, 40 min, "
-        "configs/robust3_cpu.yaml), 8 references per step on 2 CPU cores. The recommended robust weights",
+        sha256="ed610e294863850355941f0f5f693268d5591eff93c576632c73d9e88859c69b",
+        training="robust-alex-cpu-v3 (shipped until v4 replaced it; in git history at commit 32e8c6f) fine-tuned for "
+        "a fourth round with the same certified-radius objective on fresh triplets: 2,406 steps (seed 5, 100 min, "
+        "configs/robust4_cpu.yaml, student in bf16 autocast), 8 references per step on 2 CPU cores. The recommended "
+        "robust weights",
         model_card="docs/model_card.md",
     )
 )
