@@ -236,18 +236,15 @@ class _Teachers(torch.nn.Module):
         """Distances ``(T, B, K)`` from each reference ``ref[b]`` (``(B, 3, H, W)``) to its copies ``copies[b, k]``.
 
         Equal to ``forward`` on the references repeated ``K`` times, but each reference's trunk features are
-        computed once (``B + B K`` trunk passes instead of ``2 B K``) for teachers that split ``features`` /
-        ``distance_from_features`` (LPIPS, DISTS).
+        computed once (``B + B K`` trunk passes instead of ``2 B K``); every distance teacher (LPIPS, DISTS) splits
+        ``features`` / ``distance_from_features``.
         """
         b, k = copies.shape[:2]
         flat = copies.flatten(0, 1)
         out = []
         for net in self.nets:
-            if hasattr(net, "features") and hasattr(net, "distance_from_features"):
-                f_ref = [f.repeat_interleave(k, dim=0) for f in net.features(ref)]
-                out.append(net.distance_from_features(f_ref, net.features(flat)))
-            else:
-                out.append(net(ref.repeat_interleave(k, dim=0), flat))
+            f_ref = [f.repeat_interleave(k, dim=0) for f in net.features(ref)]
+            out.append(net.distance_from_features(f_ref, net.features(flat)))
         return torch.stack(out).view(len(self.nets), b, k)
 
 
