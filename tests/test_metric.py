@@ -140,3 +140,21 @@ def test_constructor_errors() -> None:
         LipSim(weights="no-such-weights")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LipSim(weights="/nonexistent/w.safetensors")
+
+
+def test_per_side_radii_and_grayscale_units(metric: LipSim) -> None:
+    x, y = imgs(seed=12), imgs(seed=13, size=128)
+    res = metric(x, y, return_radius=True)
+    d, radius = res  # still unpacks as (distance, radius)
+    assert torch.equal(radius, torch.minimum(res.radius_x0, res.radius_x1))
+    # each side is the pair certificate of that side alone: swapping the images swaps the radii
+    swapped = metric(y, x, return_radius=True)
+    assert torch.allclose(swapped.radius_x0, res.radius_x1) and torch.allclose(swapped.radius_x1, res.radius_x0)
+    # a 128x128 image is downsampled (||A|| < 1), so perturbing it alone is allowed more than perturbing x (64x64)
+    assert torch.all(res.radius_x1 > res.radius_x0)
+    # grayscale: the radius is in the 1-channel file's own units, sqrt(3) below the replicated RGB image's radius
+    g0, g1 = x[:, :1], y[:, :1]
+    gray = metric(g0, g1, return_radius=True)
+    rgb = metric(g0.expand(-1, 3, -1, -1), g1.expand(-1, 3, -1, -1), return_radius=True)
+    assert torch.allclose(gray.radius_x0 * 3**0.5, rgb.radius_x0, rtol=1e-5)
+    assert torch.allclose(gray.radius_x1 * 3**0.5, rgb.radius_x1, rtol=1e-5)

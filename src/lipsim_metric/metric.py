@@ -36,19 +36,58 @@ from .pretrained import (
 __all__ = ["LipSim", "DistanceResult", "EmbeddingResult"]
 
 
-class DistanceResult(NamedTuple):
-    """Distances with their certified radii; fields have shape ``(N,)``.
+class _DistancePair(NamedTuple):
+    distance: torch.Tensor
+    radius: torch.Tensor
+
+
+class DistanceResult(_DistancePair):
+    """Distances with their certified radii; every field has shape ``(N,)``.
+
+    It unpacks as the pair ``(distance, radius)`` (``d, radius = metric(x0, x1, return_radius=True)``); the per-side
+    radii are attributes.
 
     Attributes:
         distance: ``d(x0, x1) = 1 - cos(e(x0), e(x1))`` in ``[0, 2]``.
         radius: certified l2 radius in the caller's input units for the decision ``d > threshold`` (or ``<``):
-            no perturbation of ``x0`` alone (or of ``x1`` alone, whichever gives the smaller radius) with norm
-            below it moves ``d`` across ``threshold``. With ``threshold = 0``: an image must change by at least
-            this much before LipSim could consider it identical to the other.
+            ``min(radius_x0, radius_x1)``, valid for a perturbation of either image. With ``threshold = 0``: an
+            image must change by at least this much before LipSim could consider it identical to the other.
+        radius_x0: the radius for perturbing ``x0`` alone, in ``x0``'s input units (its own size, channels, range).
+        radius_x1: the radius for perturbing ``x1`` alone, in ``x1``'s input units. When the two images have
+            different sizes (or one is grayscale) the two differ, and each is the exact bound for its side.
     """
 
-    distance: torch.Tensor
-    radius: torch.Tensor
+    radius_x0: torch.Tensor
+    radius_x1: torch.Tensor
+
+    def __new__(cls, distance: torch.Tensor, radius: torch.Tensor, radius_x0: torch.Tensor | None = None,
+                radius_x1: torch.Tensor | None = None) -> DistanceResult:
+        self = super().__new__(cls, distance, radius)
+        # A tuple subclass keeps extra attributes in its __dict__ (tuples cannot have non-empty __slots__).
+        self.radius_x0 = radius if radius_x0 is None else radius_x0
+        self.radius_x1 = radius if radius_x1 is None else radius_x1
+        return self
+
+    @classmethod
+    def from_sides(cls, distance: torch.Tensor, radius_x0: torch.Tensor, radius_x1: torch.Tensor) -> DistanceResult:
+        """Build the result from the two per-side radii (``radius`` is their minimum)."""
+        return cls(distance, torch.minimum(radius_x0, radius_x1), radius_x0, radius_x1)
+
+    def __getnewargs__(self) -> tuple[torch.Tensor, ...]:  # pickle and copy keep the per-side radii
+        return (self.distance, self.radius, self.radius_x0, self.radius_x1)
+
+    def _replace(self, **kwargs: torch.Tensor) -> DistanceResult:  # type: ignore[override]
+        fields = {"distance": self.distance, "radius": self.radius, "radius_x0": self.radius_x0,
+                  "radius_x1": self.radius_x1}
+        unknown = set(kwargs) - set(fields)
+        if unknown:
+            raise ValueError(f"DistanceResult has no field(s) {sorted(unknown)}; fields: {sorted(fields)}")
+        fields.update(kwargs)
+        return DistanceResult(**fields)
+
+    def __repr__(self) -> str:
+        return (f"DistanceResult(distance={self.distance!r}, radius={self.radius!r}, radius_x0={self.radius_x0!r}, "
+                f"radius_x1={self.radius_x1!r})")
 
 
 class EmbeddingResult(NamedTuple):
@@ -226,7 +265,7 @@ class LipSim(nn.Module):
         kw = dict(threshold=threshold, projection=self.projection, constant=self.constant)
         rad0 = distance_radius(dist, r0.norm, input_norm=self.input_norm(x0), **kw)  # type: ignore[arg-type]
         rad1 = distance_radius(dist, r1.norm, input_norm=self.input_norm(x1), **kw)  # type: ignore[arg-type]
-        return DistanceResult(dist, torch.minimum(rad0, rad1))
+        return DistanceResult.from_sides(dist, rad0, rad1)
 
     def certify_2afc(self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> TwoAFCCertificate:
         """Two-alternative forced choice with a certified radius for perturbations of the reference.
