@@ -131,21 +131,40 @@ def test_identical_images_have_distance_zero(json_run: tuple[int, dict[str, Any]
     assert same["radius"] == pytest.approx(0.0, abs=1e-6)
 
 
+def _as_in_file(path: str) -> torch.Tensor:
+    """The image as LipSim's API would take it from the file: one channel for a grayscale file."""
+    x = load_image(path)[None]
+    return x[:, :1] if Image.open(path).mode == "L" else x
+
+
 def test_radius_is_stated_for_the_original_images(json_run: tuple[int, dict[str, Any], str], weights: Path) -> None:
-    """The CLI resizes in the loader; its radius must match LipSim run on the original-size tensors."""
+    """The CLI resizes in the loader; each side's radius must match LipSim run on that original file's tensor
+    (its size, and one channel for a gray file), and the pair radius is the provable min(r0 / n0, r1 / n1)."""
     _, doc, _ = json_run
     metric = LipSim(weights=weights)
     with torch.inference_mode():
         for pair in doc["pairs"]:
-            x0, x1 = load_image(pair["path_a"])[None], load_image(pair["path_b"])[None]
+            x0, x1 = _as_in_file(pair["path_a"]), _as_in_file(pair["path_b"])
             direct = metric(x0, x1, return_radius=True)
             assert pair["distance"] == pytest.approx(float(direct.distance), rel=1e-4, abs=1e-6)
-            if x0.shape == x1.shape:
-                assert pair["radius"] == pytest.approx(float(direct.radius), rel=1e-4, abs=1e-7), pair["name"]
-            else:  # images of different sizes: sound (never larger) and within the smaller resize gain
-                assert pair["radius"] <= float(direct.radius) * (1 + 1e-6)
-                assert pair["radius"] > 0.1 * float(direct.radius)
+            assert pair["radius_a"] == pytest.approx(float(direct.radius_x0), rel=1e-4, abs=1e-7), pair["name"]
+            assert pair["radius_b"] == pytest.approx(float(direct.radius_x1), rel=1e-4, abs=1e-7), pair["name"]
+            assert pair["radius"] == pytest.approx(float(direct.radius), rel=1e-4, abs=1e-7), pair["name"]
+            assert pair["radius"] == min(pair["radius_a"], pair["radius_b"])
     assert any(p["height_a"] != 224 for p in doc["pairs"])  # the accounting was exercised
+    mixed = next(p for p in doc["pairs"] if p["name"] == "mixed.png")
+    assert mixed["radius_a"] != pytest.approx(mixed["radius_b"])  # different sizes: the sides differ
+
+
+def test_gray_file_radius_is_in_gray_units(json_run: tuple[int, dict[str, Any], str], weights: Path) -> None:
+    """A gray file replicated to RGB: a change of norm e of its gray values is a change of norm sqrt(3) e in RGB, so
+    the radius in the file's units is the RGB radius / sqrt(3)."""
+    _, doc, _ = json_run
+    gray = next(p for p in doc["pairs"] if p["name"] == "gray.png")
+    metric = LipSim(weights=weights)
+    with torch.inference_mode():
+        rgb = metric(load_image(gray["path_a"])[None], load_image(gray["path_b"])[None], return_radius=True)
+    assert gray["radius"] == pytest.approx(float(rgb.radius) / math.sqrt(3), rel=1e-4)
 
 
 def test_table_format(small: tuple[Path, Path], weights: Path) -> None:
@@ -195,10 +214,10 @@ def test_console_script_subprocess(small: tuple[Path, Path], weights: Path) -> N
     assert [r["name"] for r in csv.DictReader(io.StringIO(proc.stdout))] == ["1.png", "2.png"]
 
 
-def test_corrupt_single_file_exits_1(folders: tuple[Path, Path], weights: Path) -> None:
+def test_corrupt_single_file_exits_2_as_nothing_was_scored(folders: tuple[Path, Path], weights: Path) -> None:
     a, b = folders
     code, stdout, stderr = run_main([str(a / "broken.png"), str(b / "broken.png"), "--weights", str(weights)])
-    assert code == 1
+    assert code == 2  # nothing at all was scored (exit 1 means: some pairs scored, some not)
     assert "broken.png" in stderr and stdout.strip().splitlines()[-1].startswith("n=0")
 
 
