@@ -15,42 +15,18 @@ from lipsim_metric.layers import (
     SLLLinear,
     SumPool2d,
     Truncate,
+    check_lipschitz_declarations,
     safe_reciprocal,
 )
+from lipsim_metric.testing import adversarial_lipschitz_ratio, assert_one_lipschitz, jacobian_spectral_norm
 
 TOL = 1e-4
 
 
-def jacobian_spectral_norm(f, x: torch.Tensor, iters: int = 60) -> float:
-    """Largest singular value of the Jacobian of f at x, by power iteration on J^T J (autograd jvp/vjp)."""
-    v = torch.randn_like(x)
-    v /= v.norm()
-    sigma = 0.0
-    for _ in range(iters):
-        _, jv = torch.func.jvp(f, (x,), (v,))
-        _, vjp = torch.func.vjp(f, x)
-        (jtjv,) = vjp(jv)
-        sigma = jv.norm().item()
-        v = jtjv / jtjv.norm().clamp_min(1e-30)
-    return sigma
-
-
 def adversarial_ratio(f, shape, steps: int = 60, seed: int = 0) -> float:
-    """Gradient ascent on ||f(x) - f(y)|| / ||x - y|| over pairs (x, y); returns the best ratio found."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(shape, generator=g).requires_grad_(True)
-    y = (x.detach() + 0.05 * torch.randn(shape, generator=g)).requires_grad_(True)
-    opt = torch.optim.Adam([x, y], lr=1e-2)
-    best = 0.0
-    for _ in range(steps):
-        num = (f(x) - f(y)).flatten(1).norm(dim=1)
-        den = (x - y).flatten(1).norm(dim=1).clamp_min(1e-8)
-        ratio = num / den
-        best = max(best, ratio.max().item())
-        opt.zero_grad()
-        (-ratio.sum()).backward()
-        opt.step()
-    return best
+    """The shared ratio search (lipsim_metric.testing) from uniform random points of ``shape``."""
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    return adversarial_lipschitz_ratio(f, x, steps=steps, generator=torch.Generator().manual_seed(seed))
 
 
 def _stress(layer: nn.Module) -> nn.Module:
@@ -162,22 +138,121 @@ def test_norm_preserving_blocks() -> None:
         SLLConv2d(3, 3, kernel_size=2)
 
 
-@pytest.mark.parametrize(
-    "make,size",
-    [
-        (lambda: FastBackbone(input_size=64, embed_dim=64, linear_hidden=32), 64),
-        (lambda: PaperSmall(input_size=32, conv_depth=3, linear_depth=2, linear_hidden=32, embed_dim=64), 32),
-    ],
-)
-def test_backbone_is_one_lipschitz(make, size: int) -> None:
+BACKBONES = [
+    (lambda: FastBackbone(input_size=64, embed_dim=64, linear_hidden=32), 64),
+    (lambda: PaperSmall(input_size=32, conv_depth=3, linear_depth=2, linear_hidden=32, embed_dim=64), 32),
+]
+
+
+def _stressed_backbone(make) -> nn.Module:
     torch.manual_seed(0)
     net = make()
     for m in net.modules():
         if isinstance(m, (SLLConv2d, SLLLinear)):
             _stress(m)
-    assert adversarial_ratio(net, (2, 3, size, size), steps=40) <= 1 + TOL
-    x = torch.rand(1, 3, size, size, dtype=torch.double)
-    assert jacobian_spectral_norm(net.double(), x, iters=30) <= 1 + TOL
+    return net
+
+
+@pytest.mark.parametrize("make,size", BACKBONES)
+def test_backbone_is_one_lipschitz(make, size: int) -> None:
+    # eval mode, frozen: the cached path that certificates use (the slow test below also covers train mode)
+    net = _stressed_backbone(make).eval().requires_grad_(False)
+    assert_one_lipschitz(net, (3, size, size), points=1, power_iters=8, steps=15)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make,size", BACKBONES)
+def test_backbone_is_one_lipschitz_thorough(make, size: int) -> None:
+    net = _stressed_backbone(make)
+    assert_one_lipschitz(net, (3, size, size), points=2, power_iters=30, steps=60)
+    assert_one_lipschitz(net.double().eval(), (3, size, size), points=1, power_iters=30, steps=40)
+
+
+def test_every_block_declares_its_bound_and_undeclared_blocks_are_refused(monkeypatch) -> None:
+    for cls in (SLLConv2d, SLLLinear, ChannelZeroPad, PixelUnshuffle, SumPool2d, Flatten, Truncate):
+        assert cls.lipschitz_bound == 1.0
+    net = FastBackbone(input_size=64, embed_dim=64, linear_hidden=32)
+    check_lipschitz_declarations(net)
+    net.stage1.append(nn.Conv2d(48, 48, 3, padding=1))  # a plain convolution has no Lipschitz bound at all
+    with pytest.raises(TypeError, match=r"backbone\.stage1\.4 \(torch\.nn\.modules\.conv\.Conv2d\).*lipschitz_bound"):
+        check_lipschitz_declarations(net)
+
+    class Doubling(nn.Module):
+        lipschitz_bound = 2.0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+    with pytest.raises(TypeError, match=r"lipschitz_bound=2.0, not in \[0, 1\]"):
+        check_lipschitz_declarations(nn.Sequential(SumPool2d(2), Doubling()))
+    with pytest.raises(TypeError, match="is the backbone but declares no lipschitz_bound"):
+        check_lipschitz_declarations(nn.Sequential(SumPool2d(2)))  # a backbone must vouch for its own forward
+
+    from lipsim_metric import backbones
+
+    def with_plain_conv(**kwargs) -> FastBackbone:
+        bad = FastBackbone(input_size=64, embed_dim=64, linear_hidden=32)
+        bad.stage2.append(nn.Conv2d(192, 192, 1))
+        return bad
+
+    monkeypatch.setitem(backbones._REGISTRY, "with-plain-conv", with_plain_conv)
+    with pytest.raises(TypeError, match=r"with-plain-conv\.stage2\.4 .*Conv2d.*assert_one_lipschitz"):
+        create_backbone("with-plain-conv")
+
+
+def _tight_linear(value: float, features: int = 8) -> SLLLinear:
+    """An SLL dense layer on which Gershgorin is exact: orthogonal rows ``value * e_i`` and every ReLU active (bias 5,
+    inputs near [0, 1]). In exact arithmetic it is ``x -> -x + const``, with slope exactly -1, so a ``t`` rounded up
+    by any amount shows as a Lipschitz ratio above 1."""
+    layer = SLLLinear(features, features)
+    with torch.no_grad():
+        layer.weight.copy_(value * torch.eye(features))
+        layer.bias.fill_(5.0)
+        layer.q.zero_()
+    return layer.eval().requires_grad_(False)
+
+
+def test_cache_filled_under_bf16_autocast_is_exact() -> None:
+    # issue 14, defect 1: 1 + 0.99 * 2**-8 rounds to 1.0 in bf16, so a t computed under autocast is 0.8% too large
+    value = 1 + 0.99 * 2**-8
+    layer, fresh = _tight_linear(value), _tight_linear(value)
+    x = torch.rand(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(x)  # the first call fills the cache
+    fresh(x)
+    assert layer._cache_val is not None and torch.equal(layer._cache_val[0], fresh._cache_val[0])
+    assert_one_lipschitz(layer, (8,), power_iters=10, steps=10)
+
+
+def test_bf16_parameters_give_a_float32_exact_cache() -> None:
+    # LipSim().to(torch.bfloat16): the cache is computed in float64 from the bf16 values and kept in float32, so the
+    # network whose weights are the bf16 values is exactly what certificates (float32 inputs) evaluate
+    layer = _tight_linear(1.0546875).to(torch.bfloat16)  # exact in bf16; its t computed in bf16 rounds up by 1%
+    layer(torch.rand(4, 8).bfloat16())  # first call in bf16
+    assert_one_lipschitz(layer, (8,), power_iters=10, steps=10)
+    assert layer._cache_val[0].dtype == torch.float32
+
+
+def test_cache_filled_in_inference_mode_serves_autograd() -> None:
+    # issue 14, defect 3: a cache filled under torch.inference_mode (as the CLI does) must not break later losses
+    layer = SLLConv2d(3, 4).eval().requires_grad_(False)
+    with torch.inference_mode():
+        layer(torch.rand(1, 3, 8, 8))
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_refresh_after_data_edits() -> None:
+    # issue 14, defect 2: edits through .data bypass the version counter the cache is keyed on; refresh() is the fix
+    layer = _tight_linear(1.0)
+    x = torch.rand(2, 8)
+    layer(x)
+    layer.weight.data.mul_(3)
+    layer.refresh()
+    assert layer._cache_val is None
+    report = assert_one_lipschitz(layer, (8,), power_iters=10, steps=10)
+    assert report.jacobian_norm > 0.99  # the rescaled layer is still tight, not merely contracted
 
 
 def test_registry() -> None:

@@ -30,7 +30,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import ChannelZeroPad, Flatten, PixelUnshuffle, SLLConv2d, SLLLinear, SumPool2d, Truncate
+from . import layers as _layers
+from .layers import (
+    ChannelScale,
+    ChannelZeroPad,
+    Flatten,
+    MeanStdPool2d,
+    PixelUnshuffle,
+    SLLConv2d,
+    SLLLinear,
+    SumPool2d,
+    Truncate,
+)
 
 __all__ = ["LipschitzBackbone", "create_backbone", "list_backbones", "register_backbone", "DEFAULT_BACKBONE"]
 
@@ -53,6 +64,9 @@ class LipschitzBackbone(nn.Module):
         self.name, self.input_size, self.embed_dim = name, input_size, embed_dim
         shift = torch.tensor(input_shift if input_shift is not None else (0.0, 0.0, 0.0)).reshape(1, 3, 1, 1)
         self.register_buffer("input_shift", shift, persistent=False)
+
+    #: The composition of 1-Lipschitz stages is 1-Lipschitz (checked for every block by ``create_backbone``).
+    lipschitz_bound: float = 1.0
 
     #: Names of the submodules applied in order (kept as names, not a second registration, so that each parameter
     #: has exactly one name in the state dict).
@@ -93,7 +107,19 @@ class PaperSmall(LipschitzBackbone):
 
 
 class FastBackbone(LipschitzBackbone):
-    """The default efficient variant (see module docstring)."""
+    """The efficient variant (see module docstring).
+
+    Args:
+        stage1_depth, stage1_hidden: SLL convolutions at 56x56 (48 channels) and their hidden width.
+        stage2_depth, stage2_hidden: SLL convolutions at 28x28 (192 channels) and their hidden width.
+        linear_depth, linear_hidden: SLL dense layers on the pooled features (0 for none).
+        embed_dim: keep the first ``embed_dim`` features; None keeps them all.
+        input_size: side of the square input (a multiple of 32).
+        pooling: ``"sum"`` (4x4 sum-pool / 4: block means) or ``"mean_std"`` (:class:`MeanStdPool2d`: block means
+            and block spreads, twice the features; the spreads see noise, grain and blocking that block means
+            average away).
+        channel_scale: learned per-channel weights in (0, 1) on the pooled maps (:class:`ChannelScale`).
+    """
 
     def __init__(
         self,
@@ -103,19 +129,28 @@ class FastBackbone(LipschitzBackbone):
         stage2_hidden: int = 32,
         linear_depth: int = 2,
         linear_hidden: int = 512,
-        embed_dim: int = 2304,
+        embed_dim: int | None = 2304,
         input_size: int = 224,
+        pooling: str = "sum",
+        channel_scale: bool = False,
     ) -> None:
-        super().__init__("lipsim-fast", input_size, embed_dim, input_shift=_IMAGENET_MEAN)
         if input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
+        if pooling not in ("sum", "mean_std"):
+            raise ValueError(f"pooling must be 'sum' or 'mean_std', got {pooling!r}")
         c1, c2 = 3 * 16, 3 * 16 * 4
-        features = c2 * (input_size // 32) ** 2
+        pooled = c2 * (2 if pooling == "mean_std" else 1)
+        features = pooled * (input_size // 32) ** 2
+        embed_dim = features if embed_dim is None else embed_dim
         if embed_dim > features:
             raise ValueError(f"embed_dim={embed_dim} exceeds the {features} features available")
+        super().__init__("lipsim-fast", input_size, embed_dim, input_shift=_IMAGENET_MEAN)
         self.stage1 = nn.Sequential(PixelUnshuffle(4), *[SLLConv2d(c1, stage1_hidden) for _ in range(stage1_depth)])
         self.stage2 = nn.Sequential(PixelUnshuffle(2), *[SLLConv2d(c2, stage2_hidden) for _ in range(stage2_depth)])
-        self.pool = nn.Sequential(SumPool2d(4), Flatten())
+        pool: list[nn.Module] = [SumPool2d(4) if pooling == "sum" else MeanStdPool2d(4)]
+        if channel_scale:
+            pool.append(ChannelScale(pooled))
+        self.pool = nn.Sequential(*pool, Flatten())
         self.linear = nn.Sequential(*[SLLLinear(features, linear_hidden) for _ in range(linear_depth)])
         self.trunc = Truncate(embed_dim)
         self.stages = ("stage1", "stage2", "pool", "linear", "trunc")
@@ -163,7 +198,11 @@ def create_backbone(name: str = DEFAULT_BACKBONE, **kwargs: Any) -> LipschitzBac
 
     Raises:
         ValueError: if ``name`` is not registered.
+        TypeError: if the network holds a parametrised block that declares no Lipschitz bound <= 1
+            (:func:`lipsim_metric.layers.check_lipschitz_declarations`).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of {list_backbones()}")
-    return _REGISTRY[name](**kwargs)
+    backbone = _REGISTRY[name](**kwargs)
+    _layers.check_lipschitz_declarations(backbone, name=name)  # TypeError for a block without a proven bound
+    return backbone

@@ -17,7 +17,9 @@ non-negative diagonal, hence positive semi-definite (Proposition 5 of the same p
 itself a (multi-channel) convolution whose kernel is ``conv2d(K, K, padding=k-1)``, and the same argument applies to
 its block-Toeplitz matrix with zero padding (every row of the block matrix sums a subset of those kernel entries).
 
-Every other block here is norm preserving or norm non-increasing; each docstring states why.
+Every other block here is norm preserving or norm non-increasing; each docstring states why. Every block declares its
+bound as the class attribute ``lipschitz_bound``; :func:`check_lipschitz_declarations` (run whenever a backbone is
+built for LipSim) refuses a network with a parametrised module that declares none, such as a plain ``nn.Conv2d``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ __all__ = [
     "SumPool2d",
     "Truncate",
     "Flatten",
+    "MeanStdPool2d",
+    "ChannelScale",
     "safe_reciprocal",
+    "T_SAFETY",
+    "exact_dtype",
+    "check_lipschitz_declarations",
 ]
 
 
@@ -51,13 +58,78 @@ def safe_reciprocal(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.where(x > eps, 1.0 / safe, torch.zeros_like(x))
 
 
-class _CachedRescale(nn.Module):
-    """Mixin that caches the rescaled (folded) weights in eval mode.
+def check_lipschitz_declarations(module: nn.Module, name: str = "backbone") -> None:
+    """Refuse a network that could hold a block without a proven l2 Lipschitz bound of at most 1.
 
-    The cache is keyed on the parameters' identity, storage, device, dtype and in-place version counters,
-    so ``load_state_dict``, optimiser steps, ``.to()`` and ``.train()`` all invalidate it. It is never used
-    when autograd needs gradients with respect to the parameters.
+    Rules: ``module`` itself (its ``forward`` is what gets certified) and every submodule that holds parameters or
+    buffers of its own must declare a class attribute ``lipschitz_bound`` in ``[0, 1]``; any declared bound must lie
+    in ``[0, 1]``. Containers without parameters of their own (``nn.Sequential``, ``nn.ModuleList``) and
+    parameter-free modules (``nn.ReLU``) are not checked: their behaviour is fixed by code, which the declaration of
+    the enclosing backbone vouches for and :func:`lipsim_metric.testing.assert_one_lipschitz` tests.
+
+    Args:
+        module: the backbone to check.
+        name: how to call it in the error message.
+
+    Raises:
+        TypeError: naming every offending submodule and its class, with the fix.
     """
+    problems = []
+    for sub_name, sub in module.named_modules():
+        label = f"{name}.{sub_name}" if sub_name else name
+        bound = getattr(sub, "lipschitz_bound", None)
+        owns = any(True for _ in sub.parameters(recurse=False)) or any(True for _ in sub.buffers(recurse=False))
+        if bound is None:
+            if owns or sub is module:
+                what = "is the backbone" if sub is module else "has parameters or buffers"
+                problems.append(f"{label} ({type(sub).__module__}.{type(sub).__qualname__}) {what} but declares no "
+                                "lipschitz_bound")
+        elif isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0.0 <= float(bound) <= 1.0:
+            problems.append(f"{label} ({type(sub).__qualname__}) declares lipschitz_bound={bound!r}, not in [0, 1]")
+    if problems:
+        raise TypeError(
+            "LipSim certifies only networks built from blocks with a proven l2 Lipschitz bound <= 1: "
+            + "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else "")
+            + ". Use the blocks of lipsim_metric.layers (SLLConv2d, SLLLinear, SumPool2d, ...), or prove your block's "
+            "bound, set the class attribute lipschitz_bound = 1.0 and test it with "
+            "lipsim_metric.testing.assert_one_lipschitz."
+        )
+
+
+#: Relative safety factor applied to every ``t`` (``t <- T_SAFETY * t``). ``t`` is computed in float64 (float32 on
+#: devices without float64), so its own error is below ``1e-10`` relative; the factor covers the rounding of ``t`` and
+#: of the folded weights ``2 t W`` to float32 (``2**-24 = 6e-8`` relative) with a wide margin, and shrinks the layer's
+#: nonlinear branch by only ``1e-6`` (see docs/certificates.md, "Precision and the folded-weight cache").
+T_SAFETY = 1.0 - 1e-6
+
+
+def exact_dtype(device: torch.device) -> torch.dtype:
+    """The dtype ``t`` is computed in on ``device``: float64, or float32 where float64 is not supported (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _autocast_off(device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+class _CachedRescale(nn.Module):
+    """Mixin for SLL layers: computes the rescaled (folded) weights at full precision and caches them in eval mode.
+
+    The folded weights ``2 t W`` are always computed with autocast disabled, from float copies of the parameters:
+    in float64 for the eval-mode cache (:func:`exact_dtype`), stored as float32 (float64 for float64 parameters),
+    and in float32 at least when autograd needs gradients with respect to the parameters (training; the cache is
+    then not used). ``t`` carries the safety factor :data:`T_SAFETY`. So neither the autocast state, nor the
+    parameters' storage dtype (``.to(torch.bfloat16)``), nor ``torch.inference_mode`` (the cache is built outside
+    it) of the call that fills the cache can change what later calls compute.
+
+    The cache is keyed on the parameters' identity, storage, device, dtype and in-place version counters, so
+    ``load_state_dict``, optimiser steps, in-place edits under ``torch.no_grad()``, ``.to()`` and ``.train()`` all
+    invalidate it. Edits through ``.data`` (``p.data.mul_(...)``, ``p.data.copy_(...)``) bypass the version counter:
+    call :meth:`refresh` after them (or :meth:`lipsim_metric.LipSim.refresh` on the whole metric).
+    """
+
+    #: Declared l2 Lipschitz bound of the block (checked by :func:`check_lipschitz_declarations`).
+    lipschitz_bound: float = 1.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -72,21 +144,39 @@ class _CachedRescale(nn.Module):
     def _needs_param_grad(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters(recurse=False))
 
-    def train(self, mode: bool = True) -> _CachedRescale:
+    def refresh(self) -> None:
+        """Drop the cached folded weights; the next eval-mode call recomputes them from the current parameters.
+
+        Needed only after editing parameters through ``.data`` (old-style EMA, pruning, weight surgery), which
+        PyTorch does not record in the version counters the cache is keyed on. Cheap: the cache is rebuilt once.
+        """
         self._cache_key, self._cache_val = None, None
+
+    def train(self, mode: bool = True) -> _CachedRescale:
+        self.refresh()
         return super().train(mode)
 
+    def _param(self) -> torch.Tensor:
+        return next(self.parameters(recurse=False))
+
     def _folded(self) -> tuple[torch.Tensor, ...]:
+        ref = self._param()
+        out_dtype = torch.promote_types(ref.dtype, torch.float32)
         if self.training or self._needs_param_grad():
-            return self._compute_folded()
+            with _autocast_off(ref.device):  # differentiable, at float32 at least
+                return self._compute_folded(out_dtype)
         key = self._key()
         if self._cache_key != key or self._cache_val is None:
-            with torch.no_grad():
-                self._cache_val = tuple(v.detach() for v in self._compute_folded())
+            # Built outside inference mode and autocast, so that the cache is a plain float tensor that later
+            # autograd calls (losses, attacks) can use, whatever the context of the call that filled it.
+            with torch.inference_mode(False), torch.no_grad(), _autocast_off(ref.device):
+                work = torch.promote_types(exact_dtype(ref.device), out_dtype)
+                self._cache_val = tuple(v.to(out_dtype).detach() for v in self._compute_folded(work))
             self._cache_key = key
         return self._cache_val
 
-    def _compute_folded(self) -> tuple[torch.Tensor, ...]:  # pragma: no cover - abstract
+    def _compute_folded(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:  # pragma: no cover - abstract
+        """The folded weights, computed in ``dtype`` (autocast is already disabled by the caller)."""
         raise NotImplementedError
 
 
@@ -128,20 +218,29 @@ class SLLConv2d(_CachedRescale):
         nn.init.uniform_(self.bias, -bound, bound)
         nn.init.normal_(self.q)
 
-    def compute_t(self) -> torch.Tensor:
-        """``t`` of shape ``(hidden,)``: the diagonal rescaling that makes the layer 1-Lipschitz."""
-        k = self.kernel
+    def compute_t(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``t`` of shape ``(hidden,)``: the diagonal rescaling that makes the layer 1-Lipschitz.
+
+        Computed with autocast disabled in ``dtype`` (default: :func:`exact_dtype`, float64) and multiplied by
+        :data:`T_SAFETY`.
+        """
+        dtype = dtype or torch.promote_types(exact_dtype(self.kernel.device), self.kernel.dtype)
+        with _autocast_off(self.kernel.device):
+            return self._t(self.kernel.to(dtype), self.q.to(dtype))
+
+    def _t(self, k: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         ktk = torch.abs(F.conv2d(k, k, padding=self.kernel_size - 1))  # (hidden, hidden, 2k-1, 2k-1)
         row = ktk.sum(dim=(2, 3))
         if self.q_weighted:  # sum_j |K K^T|_ij q_j / q_i, with q = exp(s) evaluated as exp(s_j - s_i)
-            row = row * torch.exp(self.q[None, :] - self.q[:, None])
+            row = row * torch.exp(q[None, :] - q[:, None])
         t_inv = row.sum(dim=1)
-        return safe_reciprocal(t_inv)
+        return safe_reciprocal(t_inv) * T_SAFETY
 
-    def _compute_folded(self) -> tuple[torch.Tensor, ...]:
-        t = self.compute_t()
+    def _compute_folded(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        k = self.kernel.to(dtype)
+        t = self._t(k, self.q.to(dtype))
         # 2 K^T diag(t) r == conv_transpose(r, 2 t K): fold the rescaling into the transposed kernel.
-        return (self.kernel * (2.0 * t)[:, None, None, None],)
+        return (k * (2.0 * t)[:, None, None, None],)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (kernel_t,) = self._folded()
@@ -179,17 +278,23 @@ class SLLLinear(_CachedRescale):
         nn.init.uniform_(self.bias, -bound, bound)
         nn.init.uniform_(self.q, -1.0, 1.0)
 
-    def compute_t(self) -> torch.Tensor:
-        """``t`` of shape ``(hidden,)``."""
-        w = self.weight
-        wwt = torch.abs(w @ w.T)
-        log_ratio = self.q[None, :] - self.q[:, None]
-        t_inv = (wwt * torch.exp(log_ratio)).sum(dim=1)
-        return safe_reciprocal(t_inv)
+    def compute_t(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``t`` of shape ``(hidden,)``, computed like :meth:`SLLConv2d.compute_t`."""
+        dtype = dtype or torch.promote_types(exact_dtype(self.weight.device), self.weight.dtype)
+        with _autocast_off(self.weight.device):
+            return self._t(self.weight.to(dtype), self.q.to(dtype))
 
-    def _compute_folded(self) -> tuple[torch.Tensor, ...]:
-        t = self.compute_t()
-        return (self.weight * (2.0 * t)[:, None],)
+    @staticmethod
+    def _t(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        wwt = torch.abs(w @ w.T)
+        log_ratio = q[None, :] - q[:, None]
+        t_inv = (wwt * torch.exp(log_ratio)).sum(dim=1)
+        return safe_reciprocal(t_inv) * T_SAFETY
+
+    def _compute_folded(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        w = self.weight.to(dtype)
+        t = self._t(w, self.q.to(dtype))
+        return (w * (2.0 * t)[:, None],)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (weight_t,) = self._folded()
@@ -205,6 +310,8 @@ class ChannelZeroPad(nn.Module):
 
     An isometry onto its image (``||pad(x) - pad(y)|| = ||x - y||``), hence 1-Lipschitz.
     """
+
+    lipschitz_bound: float = 1.0
 
     def __init__(self, in_channels: int, channels: int) -> None:
         super().__init__()
@@ -222,6 +329,8 @@ class ChannelZeroPad(nn.Module):
 class PixelUnshuffle(nn.PixelUnshuffle):
     """Space-to-depth ``(N, C, rH, rW) -> (N, C r^2, H, W)``: a permutation of coordinates, so an isometry."""
 
+    lipschitz_bound: float = 1.0
+
 
 class SumPool2d(nn.Module):
     """Non-overlapping ``k x k`` sum pooling divided by ``k`` (``AvgPool2d(k, divisor_override=k)``).
@@ -230,6 +339,8 @@ class SumPool2d(nn.Module):
     so ``|s/k| <= ||block||``; summing squares over the disjoint blocks gives ``||pool(x)|| <= ||x||`` (linear, so
     1-Lipschitz). The bound is attained by constant blocks.
     """
+
+    lipschitz_bound: float = 1.0
 
     def __init__(self, kernel_size: int) -> None:
         super().__init__()
@@ -246,9 +357,13 @@ class SumPool2d(nn.Module):
 class Flatten(nn.Flatten):
     """Reshape ``(N, ...) -> (N, prod(...))``: a relabelling of coordinates, an isometry."""
 
+    lipschitz_bound: float = 1.0
+
 
 class Truncate(nn.Module):
     """Keep the first ``features`` coordinates of ``(N, D)``: an orthogonal projection, 1-Lipschitz."""
+
+    lipschitz_bound: float = 1.0
 
     def __init__(self, features: int) -> None:
         super().__init__()
@@ -259,3 +374,66 @@ class Truncate(nn.Module):
 
     def extra_repr(self) -> str:
         return f"features={self.features}"
+
+
+class MeanStdPool2d(nn.Module):
+    """Per-channel block mean and block spread: ``(N, C, H, W) -> (N, 2C, H/k, W/k)``, 1-Lipschitz.
+
+    For each channel and each disjoint ``k x k`` block ``v`` (``k^2`` values) the outputs are ``sum(v) / k`` (as
+    :class:`SumPool2d`) and ``sqrt(||v - mean(v)||^2 + eps^2) - eps``: a smooth norm of the block's centred part, i.e.
+    ``k`` times its local standard deviation (DISTS-style texture energy: noise, grain and blocking raise it).
+
+    Lipschitz argument: ``v = m + c`` with ``m = mean(v) 1`` and ``c = v - m`` orthogonal, so
+    ``||v - v'||^2 = ||m - m'||^2 + ||c - c'||^2``. The first output is ``<v, 1> / k = +-||m||``, a linear function of
+    ``m`` with ``|sum(v) - sum(v')| / k = ||m - m'||``; the second is ``phi(c) = ||(c, eps)|| - eps``, and
+    ``|phi(c) - phi(c')| <= ||c - c'||`` (the reverse triangle inequality for the norm of ``(c, eps)``). Summing the
+    two squares and then over the disjoint blocks gives ``||P(x) - P(x')|| <= ||x - x'||``. ``eps`` keeps the gradient
+    finite for constant blocks (where the plain norm has none).
+
+    Output layout: channels ``[0, C)`` are the means, ``[C, 2C)`` the spreads.
+    """
+
+    lipschitz_bound: float = 1.0
+
+    def __init__(self, kernel_size: int, eps: float = 1e-3) -> None:
+        super().__init__()
+        if kernel_size < 1 or eps <= 0:
+            raise ValueError(f"kernel_size must be >= 1 and eps > 0, got {kernel_size} and {eps}")
+        self.kernel_size, self.eps = kernel_size, float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        n, c, h, w = x.shape
+        if h % k or w % k:
+            raise ValueError(f"MeanStdPool2d({k}) needs H and W divisible by {k}, got {h}x{w}")
+        blocks = x.reshape(n, c, h // k, k, w // k, k)
+        total = blocks.sum(dim=(3, 5))
+        centred = blocks - (total / (k * k))[:, :, :, None, :, None]
+        energy = centred.square().sum(dim=(3, 5))
+        spread = torch.sqrt(energy + self.eps**2) - self.eps
+        return torch.cat([total / k, spread], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, eps={self.eps}"
+
+
+class ChannelScale(nn.Module):
+    """Learned per-channel weights in ``(0, 1)``: ``y_c = sigmoid(p_c) x_c``, 1-Lipschitz (a diagonal map, entries <= 1).
+
+    The 1-Lipschitz counterpart of LPIPS's per-channel linear heads: a channel can be turned down, never amplified.
+    Shapes: ``(N, C, H, W)`` or ``(N, C)``.
+    """
+
+    lipschitz_bound: float = 1.0
+
+    def __init__(self, channels: int, init: float = 4.0) -> None:
+        super().__init__()
+        self.channels = channels
+        self.logit = nn.Parameter(torch.full((channels,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.sigmoid(self.logit.float()).to(x.dtype)
+        return x * scale.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"

@@ -23,7 +23,8 @@ from .certificates import (
     distance_radius,
     project_embedding,
 )
-from .preprocess import check_input_range, input_operator_norm, to_backbone_input, validate_images
+from .layers import check_lipschitz_declarations
+from .preprocess import check_input_range, check_threshold, input_operator_norm, to_backbone_input, validate_images
 from .pretrained import (
     DEFAULT_WEIGHTS,
     get_pretrained_cfg,
@@ -192,12 +193,38 @@ class LipSim(nn.Module):
         self.backbone.requires_grad_(False)
         self.backbone.eval()
 
-    # The backbone has no train-mode behaviour; keeping it in eval mode keeps the folded-weight cache valid when a
-    # surrounding model calls .train().
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Whatever backbone LipSim certifies must be built from blocks with a declared Lipschitz bound <= 1.
+        if name == "backbone" and isinstance(value, nn.Module):
+            check_lipschitz_declarations(value)
+        super().__setattr__(name, value)
+
     def train(self, mode: bool = True) -> LipSim:
-        super().train(mode)
-        self.backbone.eval()
+        """Set the training flag of the metric; the backbone stays in eval mode.
+
+        The backbone has no train-mode behaviour, so an eval-mode backbone is left untouched: its folded-weight cache
+        survives a surrounding model's ``.train()`` / ``.eval()`` calls. (To fine-tune the backbone, call
+        ``metric.backbone.train()`` and ``requires_grad_(True)`` on it.)
+        """
+        self.training = mode
+        for child in self.children():
+            if child is not self.backbone:
+                child.train(mode)
+        if self.backbone.training:  # only a real mode change touches the cache
+            self.backbone.eval()
         return self
+
+    def refresh(self) -> None:
+        """Recompute the backbone's cached folded weights on the next call.
+
+        Needed only after editing parameters through ``.data`` (e.g. ``p.data.mul_(...)``, an old-style EMA,
+        pruning), which PyTorch does not record; every other change (``load_state_dict``, optimiser steps, in-place
+        edits under ``torch.no_grad()``, ``.to()``) is detected automatically. See docs/certificates.md.
+        """
+        for module in self.backbone.modules():
+            refresh = getattr(module, "refresh", None)
+            if callable(refresh):
+                refresh()
 
     @property
     def input_size(self) -> int:
@@ -256,6 +283,7 @@ class LipSim(nn.Module):
             Distances ``(N,)``, or a :class:`DistanceResult` when ``return_radius``.
         """
         x0, x1 = self._check(x0, "x0"), self._check(x1, "x1")
+        threshold = check_threshold(threshold)
         if x0.shape[0] != x1.shape[0]:
             raise ValueError(f"x0 and x1 must have the same batch size, got {x0.shape[0]} and {x1.shape[0]}")
         if not return_radius:
