@@ -218,3 +218,96 @@ def test_pair_input_norm() -> None:
     assert pair_input_norm((64, 48), (64, 48), 224) == input_operator_norm(64, 48, 3, 224, "[0,1]")
     expected = max(input_operator_norm(64, 48, 3, 224, "[0,1]"), input_operator_norm(120, 90, 3, 224, "[0,1]"))
     assert pair_input_norm((64, 48), (120, 90), 224) == expected == pair_input_norm((120, 90), (64, 48), 224)
+
+
+# --- issue 16: huge images, the pixel limit, permissions, symlinks --------------------------------------------------
+
+
+def test_load_image_resized_equals_lipsim_resize(tmp_path: Path) -> None:
+    from lipsim_metric.io import load_image_resized
+
+    path = save_rgb(tmp_path / "a.png", 50, 70)
+    image, shape, channels = load_image_resized(path, 32)
+    assert shape == (50, 70) and channels == 3
+    assert torch.equal(image, to_backbone_input(load_image(path)[None], 32, "[0,1]")[0])
+    Image.fromarray(noise(40, 30, 1)).save(tmp_path / "gray.png")
+    assert load_image_resized(tmp_path / "gray.png", 32)[2] == 1  # a gray file: radii are stated per gray value
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_strip_resize_of_large_images_matches_the_full_resize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              mode: str) -> None:
+    """Huge images are resized strip by strip from the 8-bit decode; same operator, equal up to float rounding."""
+    import lipsim_metric.io as io_module
+
+    path = tmp_path / "big.png"
+    Image.fromarray(noise(301, 457)).convert(mode).save(path)
+    monkeypatch.setattr(io_module, "STRIP_RESIZE_PIXELS", 1000)  # force the strip path on a small image
+    monkeypatch.setattr(io_module, "_STRIP_VALUES", 3 * 457 * 17)  # 17-row strips, the last one shorter
+    image, shape, _ = io_module.load_image_resized(path, 64)
+    expected = to_backbone_input(load_image(path)[None], 64, "[0,1]")[0]
+    assert shape == (301, 457)
+    assert torch.allclose(image, expected, atol=2e-6), float((image - expected).abs().max())
+
+
+def test_pixel_limit_is_named_not_called_corrupt(tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    from lipsim_metric.io import ImageTooLargeError
+
+    path = save_rgb(tmp_path / "a.png", 20, 30)
+    with pytest.raises(ImageTooLargeError, match=r"30x20 = 600 pixels, above the pixel limit of 599") as info:
+        load_image(path, max_pixels=599)
+    assert "corrupt" not in str(info.value) and "max_pixels=600" in str(info.value)
+    assert load_image(path, max_pixels=600).shape == (3, 20, 30)
+    limit = PILImage.MAX_IMAGE_PIXELS
+    PILImage.MAX_IMAGE_PIXELS = 100  # Pillow's own guard (a module global) is replaced, and restored afterwards
+    try:
+        assert load_image(path, max_pixels=0).shape == (3, 20, 30)
+        assert PILImage.MAX_IMAGE_PIXELS == 100
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
+
+
+def test_unreadable_file_raises_permission_error_with_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    path = save_rgb(tmp_path / "a.png")
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # tests may run as root, who can read anything
+    with pytest.raises(PermissionError, match="permission denied; make it readable"):
+        load_image(path)
+    record = ImagePairDataset([(path, path)], size=16)[0]
+    assert "permission denied" in record["error"] and "corrupt" not in record["error"]
+
+
+def test_find_images_follows_folder_links_and_reports_loops_and_broken_links(tmp_path: Path) -> None:
+    root, other = tmp_path / "root", tmp_path / "other"
+    save_rgb(root / "1.png")
+    save_rgb(other / "deep" / "2.png")
+    (root / "other").symlink_to(other, target_is_directory=True)
+    (root / "sub").mkdir()
+    (root / "sub" / "back").symlink_to(root, target_is_directory=True)
+    (root / "dead.png").symlink_to(tmp_path / "nowhere.png")
+    problems: list[str] = []
+    found = [p.as_posix() for p in find_images(root, problems=problems)]
+    assert found == ["1.png", "other/deep/2.png"]
+    assert any("link loop" in p and "sub/back" in p for p in problems)
+    assert any("broken symbolic link" in p and "dead.png" in p for p in problems)
+
+
+def test_find_images_reports_unlistable_subfolders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    save_rgb(tmp_path / "ok" / "1.png")
+    save_rgb(tmp_path / "locked" / "2.png")
+    scandir = os.scandir
+
+    def locked(path):  # noqa: ANN001, ANN202
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", locked)
+    problems: list[str] = []
+    assert [p.as_posix() for p in find_images(tmp_path, problems=problems)] == ["ok/1.png"]
+    assert len(problems) == 1 and "cannot list folder" in problems[0] and "Permission denied" in problems[0]

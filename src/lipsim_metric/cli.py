@@ -503,8 +503,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     too_large = max([f["too_large"] for f in failed], default=0)
     if too_large:
         print(f"{_PROG}: {sum(1 for f in failed if f['too_large'])} pair(s) have an image above the pixel limit "
-              f"(--max-pixels {args.max_pixels}); if you trust the files, rerun with --max-pixels {too_large} "
-              "(or 0 for no limit)", file=err)
+              f"(--max-pixels {args.max_pixels}), a guard against decompression bombs: the files may be fine. If you "
+              f"trust them, rerun with --max-pixels {too_large} (or 0 for no limit)", file=err)
     if interrupted:
         where = f"in {output}; rerun the same command with --resume to score the rest" if output else "above"
         print(f"{_PROG}: interrupted after {len(distances) - len(previous)} of {len(todo)} pair(s); the scores so "
@@ -512,7 +512,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return interrupted
     if failed:
         scored = len(distances) - len(previous)
-        print(f"{_PROG}: {len(failed)} of {len(todo)} pair(s) could not be scored (see above)", file=err)
+        what = f"{len(failed)} of {len(todo)} pair(s) could not be scored" if scored else \
+            f"nothing was scored: none of the {len(todo)} pair(s) could be read"
+        print(f"{_PROG}: {what} (see above)", file=err)
         return EXIT_FAILED_IMAGES if scored else EXIT_USAGE
     if any(p.startswith("cannot list folder") for p in problems):
         print(f"{_PROG}: some folders could not be searched (see above); their images were not scored", file=err)

@@ -60,7 +60,7 @@ class TripletDataset(Dataset):
                 loaded.append(load_image_resized(path, self.size, self.max_pixels))
             except ImageTooLargeError as exc:
                 too_large = max(too_large, exc.pixels)
-                errors.append(str(exc))
+                errors.append(exc.cause)
             except (OSError, ValueError) as exc:
                 errors.append(str(exc))
         if errors:

@@ -84,11 +84,11 @@ class ImageTooLargeError(ValueError):
 
     def __init__(self, path: Path, width: int, height: int, limit: int) -> None:
         self.path, self.pixels, self.limit = path, width * height, limit
+        #: The cause without the fix (``lipsim-score`` prints the fix once per run).
+        self.cause = f"image {path} is {width}x{height} = {width * height:,} pixels, above the pixel limit of {limit:,}"
         super().__init__(
-            f"image {path} is {width}x{height} = {width * height / 1e6:.1f} Mpx, more than the pixel limit of "
-            f"{limit / 1e6:.1f} Mpx that guards against decompression bombs (the file itself may be fine). If you "
-            f"trust it, raise the limit: load_image(..., max_pixels={width * height}), or lipsim-score "
-            f"--max-pixels {width * height} (0 = no limit)"
+            f"{self.cause} (a guard against decompression bombs; the file itself may be fine); if you trust it, raise "
+            f"the limit (max_pixels={width * height}, or lipsim-score --max-pixels {width * height}; 0 = no limit)"
         )
 
 
@@ -454,7 +454,8 @@ class ImagePairDataset(Dataset):
     resize (:func:`load_image_resized`, so distances equal those of LipSim on the original images), the original
     ``(height, width)`` of each, and its channel count in the file (1 for grayscale files). A pair with an unreadable
     or too small image gives ``{"index", "error", "too_large"}`` with a message naming the file(s) (``too_large``: the
-    largest pixel count over the limit, 0 if none), so one bad file never stops a run. Use ``collate_fn=list`` to
+    largest pixel count over the limit, 0 if none; the message then names the cause only), so one bad file never
+    stops a run. Use ``collate_fn=list`` to
     keep the records as a list per batch.
 
     Radii computed on the resized tensors are in resized-image units; divide them by
@@ -506,7 +507,7 @@ class ImagePairDataset(Dataset):
                 loaded.append(load_image_resized(path, self.size, self.max_pixels))
             except ImageTooLargeError as exc:
                 too_large = max(too_large, exc.pixels)
-                errors.append(str(exc))
+                errors.append(exc.cause)
             except (OSError, ValueError) as exc:  # OSError: missing or unreadable files
                 errors.append(str(exc))
         if errors:
