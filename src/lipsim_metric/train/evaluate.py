@@ -1,6 +1,6 @@
 """Validation triplets and the 2AFC evaluation report (natural and certified agreement).
 
-Two sub-commands::
+Three sub-commands::
 
     # 1. build the fixed, seeded, versioned validation set (teacher-labelled distortion triplets)
     python -m lipsim_metric.train.evaluate build --images ../shared/images/val --out data_cache/val-v1 \\
@@ -9,6 +9,10 @@ Two sub-commands::
     # 2. evaluate LipSim weights (and the teachers) on it; writes report.json and report.md
     python -m lipsim_metric.train.evaluate report --triplets data_cache/val-v1 --weights weights/<file> \\
         --out runs/eval
+
+    # 3. correlate metrics with human ratings (TID2013, KADID-10k, CSIQ, LIVE, PIPAL, a CSV; BAPPS, NIGHT)
+    python -m lipsim_metric.train.evaluate iqa --dataset kadid10k:data/kadid10k --metrics lipsim,lpips-vgg,dists \\
+        --teachers-dir ../shared/teachers --out runs/iqa-kadid      (see docs/evaluation.md)
 
 Metrics, following LipSim (Ghazanfari et al., ICLR 2024, Table 1) with the teachers' unanimous votes in place of
 human judgements: *natural 2AFC* is the share of triplets where the metric picks the image the teachers picked;
@@ -30,6 +34,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..evaluation.command import add_iqa_arguments, run_iqa
 from ..metric import LipSim
 from .data import build_val_triplets, load_triplet_set
 from .teachers import build_distance_teacher
@@ -202,10 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--l2-eps", type=_budgets, default=[],
                    help="extra certified budgets in l2 [0,1] pixel units, e.g. 1,2,3 (the robustness report's)")
+    q = sub.add_parser("iqa", help="correlate metrics with human ratings (IQA sets, BAPPS, NIGHT, a CSV)")
+    add_iqa_arguments(q)
     args = parser.parse_args(argv)
     try:
+        if args.cmd == "iqa":
+            return run_iqa(args)
         return _build(args) if args.cmd == "build" else _report(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

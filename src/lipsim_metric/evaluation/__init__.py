@@ -1,0 +1,13 @@
+"""Evaluation of perceptual metrics against human judgements (full-reference IQA and 2AFC/JND sets).
+
+Modules, one concern each (none is imported by the core ``lipsim_metric`` package):
+
+* :mod:`~lipsim_metric.evaluation.correlation` -- SRCC, KRCC and PLCC after the 5-parameter logistic fit;
+* :mod:`~lipsim_metric.evaluation.iqa_datasets` -- loaders for TID2013, KADID-10k, CSIQ, LIVE release 2, PIPAL and
+  a generic CSV of rated pairs, in the layouts of their official distributions;
+* :mod:`~lipsim_metric.evaluation.certified_order` -- the share of pairs whose order an l2 budget cannot swap;
+* :mod:`~lipsim_metric.evaluation.human_2afc` -- BAPPS 2AFC / JND and NIGHT scoring (natural and certified);
+* :mod:`~lipsim_metric.evaluation.iqa` -- scoring with a resumable, shardable cache of distances, and the report.
+
+The command line is ``python -m lipsim_metric.train.evaluate iqa`` (``docs/evaluation.md``).
+"""
