@@ -28,6 +28,32 @@ family                parameter                              strength 0      str
 ``sharpen``           unsharp-mask amount (sigma 1.5 px)     0               4.0                --
 ====================  =====================================  ==============  =================  =======================
 
+Recipe 2 (``list_families(recipe="2")``) adds families modelled on what full-reference IQA sets rate (TID2013,
+KADID-10k, CSIQ, LIVE: several noise types, blur kinds, wavelet compression, quantisation, ringing, colour,
+transmission errors):
+
+====================  =====================================  ==============  =================  =======================
+family                parameter                              strength 0      strength 1         drawn from the rng
+====================  =====================================  ==============  =================  =======================
+``noise_gray``        Gaussian std, same on R, G, B          0               0.15               noise ``seed``
+``noise_impulse``     salt-and-pepper pixel fraction         0               0.08               noise ``seed``
+``noise_poisson``     signal-dependent std ``a sqrt(x)``     a = 0           a = 0.2            noise ``seed``
+``noise_pink``        spatially correlated (blur 1.5 px)     0               0.12               noise ``seed``
+``noise_speckle``     multiplicative ``x (1 + std n)``       0               0.4                noise ``seed``
+``blur_motion``       line kernel length (px)                0               15                 angle
+``blur_defocus``      disk kernel radius (px)                0               5                  --
+``jpeg2000``          Haar wavelet (4 levels) quant. step    0               0.5                --
+``quantize``          levels ``2 ** (8 - 6.4 sqrt(s))``      256 (identity)  3                  --
+``ringing``           ideal low-pass cut-off (of Nyquist)    1 (identity)    0.08               --
+``hue``               hue rotation (fraction of the circle)  0               +-0.15             sign
+``block_loss``        fraction of 16x16 blocks replaced      0               0.15               ``seed``
+====================  =====================================  ==============  =================  =======================
+
+``jpeg2000`` is a JPEG2000-like stand-in (orthonormal Haar wavelets with a dead-zone uniform quantiser), not the
+JPEG2000 codec: it produces the same kind of blur-plus-ringing-plus-blocking artefacts. ``block_loss`` stands in for
+the transmission errors of TID2013/LIVE: each lost block is concealed by a copy of the block 16 px away in a drawn
+direction.
+
 .. [1] JPEG quality is ``round(95 - 90 * strength)``; at strength exactly 0 the round trip is skipped, since even
    quality 95 is lossy.
 
@@ -61,14 +87,19 @@ from torchvision.transforms import InterpolationMode
 __all__ = [
     "COMBINATION_SCALE",
     "RECIPE_VERSION",
+    "RECIPES",
     "Distortion",
     "list_families",
     "sample_distortion",
 ]
 
 #: Version of the families/ranges table above; bump it whenever a range or an applier changes, since stored
-#: triplet sets record it and their images would no longer match re-rendered specs.
+#: triplet sets record it and their images would no longer match re-rendered specs. Recipe "1" is the first
+#: table (the families of ``val-v1``); recipe "2" adds the IQA-style families of the second table. Families of
+#: recipe 1 are unchanged in recipe 2, so ``RECIPE_VERSION`` stays "1" for sets drawn from them.
 RECIPE_VERSION = "1"
+#: Recipes and the families each draws from (:func:`list_families`).
+RECIPES = ("1", "2")
 
 #: Each component of a two-family combination is applied at this fraction of the combination's strength.
 COMBINATION_SCALE = 0.7
@@ -89,6 +120,22 @@ _SCALE_MAX_DELTA = 0.15
 _PIXELATE_MAX_FACTOR = 8.0
 _SHARPEN_MAX_AMOUNT = 4.0
 _SHARPEN_SIGMA = 1.5
+# recipe 2
+_NOISE_GRAY_MAX_STD = 0.15
+_IMPULSE_MAX_FRACTION = 0.08
+_POISSON_MAX_GAIN = 0.2
+_PINK_MAX_STD = 0.12
+_PINK_SIGMA = 1.5
+_SPECKLE_MAX_STD = 0.4
+_MOTION_MAX_LENGTH = 15.0
+_DEFOCUS_MAX_RADIUS = 5.0
+_WAVELET_MAX_STEP = 0.5
+_WAVELET_LEVELS = 4
+_QUANTIZE_MAX_LOG2_DROP = 6.4
+_RINGING_MIN_CUTOFF = 0.08
+_HUE_MAX_SHIFT = 0.15
+_BLOCK_LOSS_MAX_FRACTION = 0.15
+_BLOCK_SIZE = 16
 
 
 def _sign(u: float) -> float:
@@ -158,6 +205,58 @@ def _params_pixelate(rng: np.random.Generator, s: float) -> dict[str, Any]:
 
 def _params_sharpen(rng: np.random.Generator, s: float) -> dict[str, Any]:
     return {"amount": _SHARPEN_MAX_AMOUNT * s, "sigma": _SHARPEN_SIGMA}
+
+
+def _seeded(rng: np.random.Generator, **values: Any) -> dict[str, Any]:
+    return {**values, "seed": int(rng.integers(0, 2**31 - 1))}
+
+
+def _params_noise_gray(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return _seeded(rng, std=_NOISE_GRAY_MAX_STD * s)
+
+
+def _params_noise_impulse(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return _seeded(rng, fraction=_IMPULSE_MAX_FRACTION * s)
+
+
+def _params_noise_poisson(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return _seeded(rng, gain=_POISSON_MAX_GAIN * s)
+
+
+def _params_noise_pink(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return _seeded(rng, std=_PINK_MAX_STD * s)
+
+
+def _params_noise_speckle(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return _seeded(rng, std=_SPECKLE_MAX_STD * s)
+
+
+def _params_blur_motion(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return {"length": _MOTION_MAX_LENGTH * s, "angle": float(rng.uniform(0.0, 180.0))}
+
+
+def _params_blur_defocus(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return {"radius": _DEFOCUS_MAX_RADIUS * s}
+
+
+def _params_jpeg2000(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return {"step": _WAVELET_MAX_STEP * s}
+
+
+def _params_quantize(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return {"levels": int(round(2.0 ** (8.0 - _QUANTIZE_MAX_LOG2_DROP * math.sqrt(s))))}
+
+
+def _params_ringing(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return {"cutoff": 1.0 - (1.0 - _RINGING_MIN_CUTOFF) * s}
+
+
+def _params_hue(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return {"shift": _sign(rng.random()) * _HUE_MAX_SHIFT * s}
+
+
+def _params_block_loss(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    return _seeded(rng, fraction=_BLOCK_LOSS_MAX_FRACTION * s)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -277,6 +376,170 @@ def _apply_sharpen(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
     return x + amount * (x - _gaussian_blur(x, float(p["sigma"])))
 
 
+def _noise(x: torch.Tensor, seed: int, channels: int | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x`` (or with ``channels`` channels), drawn on the CPU from ``seed``."""
+    shape = x.shape if channels is None else (x.shape[0], channels, *x.shape[2:])
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(x.device)
+
+
+def _uniform(x: torch.Tensor, seed: int, channels: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(int(seed))
+    shape = (x.shape[0], channels, *x.shape[2:])
+    return torch.rand(shape, generator=generator, dtype=torch.float32).to(x.device)
+
+
+def _apply_noise_gray(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    return x if p["std"] <= 0 else x + float(p["std"]) * _noise(x, p["seed"], channels=1)
+
+
+def _apply_noise_impulse(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    fraction = float(p["fraction"])
+    if fraction <= 0:
+        return x
+    u = _uniform(x, p["seed"], channels=1)
+    out = torch.where(u < fraction / 2, torch.zeros_like(x), x)
+    return torch.where(u > 1 - fraction / 2, torch.ones_like(x), out)
+
+
+def _apply_noise_poisson(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    gain = float(p["gain"])
+    return x if gain <= 0 else x + gain * x.clamp_min(0).sqrt() * _noise(x, p["seed"])
+
+
+def _apply_noise_pink(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    std = float(p["std"])
+    if std <= 0:
+        return x
+    noise = _gaussian_blur(_noise(x, p["seed"]), _PINK_SIGMA)
+    noise = noise / noise.flatten(1).std(dim=1).clamp_min(1e-8).view(-1, 1, 1, 1)
+    return x + std * noise
+
+
+def _apply_noise_speckle(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    std = float(p["std"])
+    return x if std <= 0 else x * (1.0 + std * _noise(x, p["seed"]))
+
+
+def _depthwise(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Convolve each channel with the 2-D ``kernel`` (odd size), reflect padding."""
+    k = kernel.shape[-1]
+    pad = min(k // 2, min(x.shape[-2:]) - 1)
+    if pad < 1:
+        return x
+    kernel = kernel[k // 2 - pad : k // 2 + pad + 1, k // 2 - pad : k // 2 + pad + 1]
+    kernel = (kernel / kernel.sum()).to(x.dtype)
+    weight = kernel.expand(x.shape[1], 1, *kernel.shape).contiguous()
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), weight, groups=x.shape[1])
+
+
+def _apply_blur_motion(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    length = float(p["length"])
+    if length < 1.0:
+        return x
+    size = 2 * math.ceil(length / 2) + 1
+    c = size // 2
+    theta = math.radians(float(p["angle"]))
+    yy, xx = torch.meshgrid(torch.arange(size) - c, torch.arange(size) - c, indexing="ij")
+    along = xx * math.cos(theta) + yy * math.sin(theta)
+    across = -xx * math.sin(theta) + yy * math.cos(theta)
+    # A line segment of the given length, one pixel wide, with linear fall-off at its ends and sides.
+    kernel = (1 - across.abs()).clamp_min(0) * (length / 2 + 0.5 - along.abs()).clamp(0, 1)
+    return _depthwise(x, kernel.float())
+
+
+def _apply_blur_defocus(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    radius = float(p["radius"])
+    if radius < 0.5:
+        return x
+    c = math.ceil(radius)
+    yy, xx = torch.meshgrid(torch.arange(2 * c + 1) - c, torch.arange(2 * c + 1) - c, indexing="ij")
+    kernel = (radius + 0.5 - (xx**2 + yy**2).float().sqrt()).clamp(0, 1)  # anti-aliased disk
+    return _depthwise(x, kernel)
+
+
+def _haar_forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
+    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    low = (a + b + c + d) / 2
+    details = torch.stack([(a - b + c - d) / 2, (a + b - c - d) / 2, (a - b - c + d) / 2])
+    return low, details
+
+
+def _haar_inverse(low: torch.Tensor, details: torch.Tensor) -> torch.Tensor:
+    h, v, g = details
+    a, b = (low + h + v + g) / 2, (low - h + v - g) / 2
+    c, d = (low + h - v - g) / 2, (low - h - v + g) / 2
+    out = low.new_empty(*low.shape[:-2], 2 * low.shape[-2], 2 * low.shape[-1])
+    out[..., 0::2, 0::2], out[..., 0::2, 1::2], out[..., 1::2, 0::2], out[..., 1::2, 1::2] = a, b, c, d
+    return out
+
+
+def _apply_jpeg2000(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    step = float(p["step"])
+    if step <= 0:
+        return x
+    height, width = x.shape[-2:]
+    unit = 2**_WAVELET_LEVELS
+    pad_h, pad_w = (-height) % unit, (-width) % unit
+    low = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+    stack = []
+    for _ in range(_WAVELET_LEVELS):
+        low, details = _haar_forward(low)
+        # Dead-zone uniform quantiser (JPEG2000 part 1): sign(c) floor(|c| / step), reconstructed mid-interval.
+        q = torch.floor(details.abs() / step)
+        stack.append(torch.sign(details) * torch.where(q > 0, (q + 0.5) * step, torch.zeros_like(q)))
+    low = torch.round(low / step) * step
+    for details in reversed(stack):
+        low = _haar_inverse(low, details)
+    return low[..., :height, :width]
+
+
+def _apply_quantize(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    levels = int(p["levels"])
+    if levels >= 256:
+        return x
+    scale = levels - 1
+    return torch.round(x.clamp(0, 1) * scale) / scale
+
+
+def _apply_ringing(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    cutoff = float(p["cutoff"])
+    if cutoff >= 1.0:
+        return x
+    height, width = x.shape[-2:]
+    spectrum = torch.fft.rfft2(x)
+    fy = torch.fft.fftfreq(height, device=x.device).abs()[:, None] * 2  # in units of Nyquist
+    fx = torch.fft.rfftfreq(width, device=x.device)[None, :] * 2
+    keep = ((fy <= cutoff) & (fx <= cutoff)).to(spectrum.dtype)
+    return torch.fft.irfft2(spectrum * keep, s=(height, width))
+
+
+def _apply_hue(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    shift = float(p["shift"])
+    return x if shift == 0.0 else TF.adjust_hue(x.clamp(0, 1), shift)
+
+
+def _apply_block_loss(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    fraction = float(p["fraction"])
+    height, width = x.shape[-2:]
+    rows, cols = height // _BLOCK_SIZE, width // _BLOCK_SIZE
+    if fraction <= 0 or rows < 2 or cols < 2:
+        return x
+    generator = torch.Generator().manual_seed(int(p["seed"]))
+    lost = torch.rand(rows, cols, generator=generator) < fraction
+    direction = torch.randint(0, 4, (rows, cols), generator=generator)
+    out = x.clone()
+    b = _BLOCK_SIZE
+    for i, j in lost.nonzero().tolist():
+        di, dj = [(-1, 0), (1, 0), (0, -1), (0, 1)][int(direction[i, j])]
+        si, sj = min(max(i + di, 0), rows - 1), min(max(j + dj, 0), cols - 1)
+        if (si, sj) == (i, j):
+            si, sj = min(max(i - di, 0), rows - 1), min(max(j - dj, 0), cols - 1)
+        out[..., i * b : (i + 1) * b, j * b : (j + 1) * b] = x[..., si * b : (si + 1) * b, sj * b : (sj + 1) * b]
+    return out
+
+
 _Sampler = Callable[[np.random.Generator, float], dict[str, Any]]
 _Applier = Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
 
@@ -294,11 +557,29 @@ _FAMILIES: dict[str, tuple[_Sampler, _Applier]] = {
     "rotate_scale": (_params_rotate_scale, _apply_rotate_scale),
     "pixelate": (_params_pixelate, _apply_pixelate),
     "sharpen": (_params_sharpen, _apply_sharpen),
+    # recipe 2
+    "noise_gray": (_params_noise_gray, _apply_noise_gray),
+    "noise_impulse": (_params_noise_impulse, _apply_noise_impulse),
+    "noise_poisson": (_params_noise_poisson, _apply_noise_poisson),
+    "noise_pink": (_params_noise_pink, _apply_noise_pink),
+    "noise_speckle": (_params_noise_speckle, _apply_noise_speckle),
+    "blur_motion": (_params_blur_motion, _apply_blur_motion),
+    "blur_defocus": (_params_blur_defocus, _apply_blur_defocus),
+    "jpeg2000": (_params_jpeg2000, _apply_jpeg2000),
+    "quantize": (_params_quantize, _apply_quantize),
+    "ringing": (_params_ringing, _apply_ringing),
+    "hue": (_params_hue, _apply_hue),
+    "block_loss": (_params_block_loss, _apply_block_loss),
 }
+_RECIPE_1 = tuple(list(_FAMILIES)[:12])
 
 
-def list_families() -> list[str]:
-    """Names of the single distortion families, in a fixed order.
+def list_families(recipe: str = "1") -> list[str]:
+    """Names of the single distortion families of a recipe, in a fixed order.
+
+    Args:
+        recipe: ``"1"`` (the default: the families ``sample_distortion`` draws from when ``families`` is None, those of
+            ``val-v1``) or ``"2"`` (recipe 1 plus the IQA-style families of the module docstring's second table).
 
     Returns:
         The family names accepted by :func:`sample_distortion` and :class:`Distortion`.
@@ -306,8 +587,12 @@ def list_families() -> list[str]:
     Example:
         >>> list_families()[:3]
         ['blur', 'noise', 'jpeg']
+        >>> len(list_families("2"))
+        24
     """
-    return list(_FAMILIES)
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
+    return list(_RECIPE_1) if recipe == "1" else list(_FAMILIES)
 
 
 def _check_strength(strength: float, name: str = "strength") -> float:
@@ -450,7 +735,8 @@ def sample_distortion(
     Args:
         rng: Source of randomness; advanced by the call.
         strength: Overall strength in [0, 1]; drawn uniformly from [0, 1] when ``None``.
-        families: Families to choose from (default: all of :func:`list_families`).
+        families: Families to choose from (default: the recipe-1 families, :func:`list_families`; pass
+            ``list_families("2")`` for the IQA-style recipe).
         combine_probability: Probability of combining two different families (needs at least two in
             ``families``); each is then applied at ``COMBINATION_SCALE * strength``.
 
@@ -470,7 +756,7 @@ def sample_distortion(
         raise TypeError(
             f"rng must be a numpy.random.Generator, got {type(rng).__name__}; use numpy.random.default_rng(seed)."
         )
-    pool = list(_FAMILIES) if families is None else list(_check_families(families))
+    pool = list(_RECIPE_1) if families is None else list(_check_families(families))
     if not pool:
         raise ValueError("families is empty; pass None for all families or a subset of list_families().")
     combine_probability = _check_strength(combine_probability, "combine_probability")

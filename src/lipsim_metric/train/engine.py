@@ -6,6 +6,10 @@ Recipe of LipSim (Ghazanfari et al., ICLR 2024, Sec. 4.2), adapted to the teache
   photo crops: ``L = ||f(x) - s * t(x)||^2 / D`` with ``t`` a unit-norm teacher embedding (``alex-stats``,
   ``vgg-stats`` or ``dreamsim`` -- the paper's teacher) and ``s`` = ``target_scale``. Optionally
   (``rank_weight > 0``) a ranking term on distorted copies, as in stage 2.
+* **Stage "pairs", distance distillation.** From a pair label set (:mod:`lipsim_metric.train.labels`: seeded
+  distortion pairs with precomputed LPIPS-VGG / DISTS / LPIPS-Alex distances), the student's distances are trained to
+  rank and correlate with the teachers' consensus, across references and within each (2AFC), optionally with the
+  certified-radius hinge (:mod:`lipsim_metric.train.pair_objective`).
 * **Stage 2, fine-tuning.** The hinge loss ``max(0, m - y (d0 - d1))`` on 2AFC judgements, ``y = +1`` when ``x1`` is
   closer (``m`` = ``margin``; the margin buys certified radius, Thm. 3 of the paper). Judgements come from a
   human set when given (``triplets``: NIGHT, BAPPS or CSV, see :mod:`lipsim_metric.train.data`) or from the distance
@@ -53,17 +57,20 @@ __all__ = ["TrainConfig", "load_config", "train", "main", "DistortedCopies"]
 class TrainConfig:
     """All settings of one training run (YAML/JSON file keys have the same names)."""
 
-    stage: str = "distill"  # "distill" | "finetune"
+    stage: str = "distill"  # "distill" | "finetune" | "pairs"
     output_dir: str = "runs/train"
     variant: str = "lipsim-fast"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     init_weights: str | None = None  # start from these weights (stage 2 starts from stage 1)
+    init_partial: bool = False  # load only the init_weights tensors whose name and shape fit (new layers stay random)
     # data
     train_dir: str | None = "../shared/images/train"
     shard: str | None = None  # packed uint8 shard (pack_images) instead of a folder
     image_size: int = 224
     max_images: int | None = None  # use only the first N images (smoke tests)
     triplets: str | None = None  # human 2AFC set for stage 2: "night:<root>", "bapps:<root>", "csv:<file>"
+    labels: str | None = None  # stage "pairs": a pair label set folder (lipsim_metric.train.labels)
+    labels_images: str | None = None  # the photo folder that label set was built from (default: train_dir)
     num_workers: int = 1
     # teachers
     teachers_dir: str | None = None
@@ -75,6 +82,10 @@ class TrainConfig:
     rank_weight: float = 0.0
     margin: float = 0.05
     radius_margin: float = 0.0  # > 0: hinge on the certified radius (backbone l2 units) instead of the distance gap
+    corr_weight: float = 1.0  # stage "pairs": 1 - pearson(log d_student, teacher consensus)
+    pool_rank_weight: float = 1.0  # stage "pairs": RankNet over all pairs of the batch the teachers agree on
+    rank_temperature: float = 0.1  # stage "pairs": RankNet temperature, log-distance units
+    radius_weight: float = 0.0  # stage "pairs": weight of the certified 2AFC hinge (needs radius_margin > 0)
     distortions_per_ref: int = 4
     min_teacher_gap: float = 0.0  # skip pairs whose teacher distances differ by less than this (ambiguous)
     projection: str = "append"
@@ -114,8 +125,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(names)}")
     cfg = TrainConfig(**data)
-    if cfg.stage not in ("distill", "finetune"):
-        raise ValueError(f"stage must be 'distill' or 'finetune', got {cfg.stage!r}")
+    if cfg.stage not in ("distill", "finetune", "pairs"):
+        raise ValueError(f"stage must be 'distill', 'finetune' or 'pairs', got {cfg.stage!r}")
+    if cfg.stage == "pairs" and not cfg.labels:
+        raise ValueError("stage 'pairs' needs labels: a pair label set folder (python -m lipsim_metric.train.labels)")
+    if cfg.radius_weight > 0 and cfg.radius_margin <= 0:
+        raise ValueError("radius_weight > 0 needs radius_margin > 0 (the certified radius the hinge asks for)")
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):
         raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}")
     if cfg.stage == "finetune" and cfg.distortions_per_ref < 2 and cfg.triplets is None:
@@ -248,6 +263,54 @@ class _Teachers(torch.nn.Module):
         return torch.stack(out).view(len(self.nets), b, k)
 
 
+def _one_thread(worker_id: int) -> None:
+    # Data workers render distortions (small tensor ops); one thread each leaves the cores to the training step.
+    torch.set_num_threads(1)
+
+
+def _load_partial(student: torch.nn.Module, path: str, log: Any) -> None:
+    """Load the tensors of ``path`` whose names and shapes exist in ``student``; report the rest."""
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    own = student.state_dict()
+    fit = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fit:
+        raise ValueError(f"init_partial: no tensor of {path} fits the student; check variant and backbone_kwargs")
+    student.load_state_dict(fit, strict=False)
+    log(f"init_partial: loaded {len(fit)}/{len(own)} tensors from {path}; "
+        f"new: {sorted(set(own) - set(fit))[:8]}{' ...' if len(set(own) - set(fit)) > 8 else ''}")
+
+
+def _pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distances: torch.Tensor,
+                consensus: Any, b: int, k: int, logs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Loss of stage "pairs" (see :mod:`lipsim_metric.train.pair_objective`) for ``b`` references x ``k`` copies."""
+    from .pair_objective import correlation_loss, pooled_ranking_loss
+
+    e = emb.view(b, k + 1, -1)
+    d_student = cosine_distance(e[:, :1].expand(-1, k, -1).flatten(0, 1), e[:, 1:].flatten(0, 1)).view(b, k)
+    score = (d_student + 1e-6).log()
+    z = consensus(distances)  # (b, k)
+    teacher = consensus.standardised(distances)  # (b, T, k)
+    loss = d_student.new_zeros(())
+    if cfg.corr_weight > 0:
+        corr = correlation_loss(score, z)
+        loss = loss + cfg.corr_weight * corr
+        logs["corr"] = 1.0 - corr.detach()
+    if cfg.pool_rank_weight > 0:
+        rank, agree = pooled_ranking_loss(score, z, teacher, cfg.rank_temperature, cfg.min_teacher_gap)
+        loss = loss + cfg.pool_rank_weight * rank
+        logs["rank"], logs["pooled_agreement"] = rank.detach(), agree
+    if cfg.radius_weight > 0:
+        ek = e[:, 1:]
+        gaps = signed_radius(e[:, :1, None], norms.view(b, k + 1)[:, :1, None], ek[:, :, None], ek[:, None, :],
+                             cfg.projection)
+        hinge, agree2 = _ranking_hinge(d_student, distances.transpose(0, 1), cfg.radius_margin, 0.0, gaps)
+        loss = loss + cfg.radius_weight * hinge
+        logs["hinge"], logs["pair_agreement"] = hinge.detach(), agree2
+    return loss
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run one training stage; returns the path of the exported student weights (safetensors)."""
     from accelerate import Accelerator
@@ -263,7 +326,9 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.init_weights and not backbone_kwargs:
         backbone_kwargs = read_weights_metadata(cfg.init_weights).get("backbone_kwargs", {})
     student = create_backbone(cfg.variant, **backbone_kwargs)
-    if cfg.init_weights:
+    if cfg.init_weights and cfg.init_partial:
+        _load_partial(student, cfg.init_weights, print)
+    elif cfg.init_weights:
         load_state_dict_strict(student, cfg.init_weights)
     student.train()
 
@@ -273,18 +338,29 @@ def train(cfg: TrainConfig) -> Path:
         if emb_teacher.embed_dim > student.embed_dim:
             raise ValueError(f"teacher {cfg.embedding_teacher} has {emb_teacher.embed_dim} dims but the student "
                              f"only {student.embed_dim}; set backbone_kwargs.embed_dim")
+    pairs = cfg.stage == "pairs"
     human = cfg.stage == "finetune" and cfg.triplets is not None
-    need_rank = not human and (cfg.stage == "finetune" or cfg.rank_weight > 0)
+    need_rank = not human and not pairs and (cfg.stage == "finetune" or cfg.rank_weight > 0)
     dist_teachers = _Teachers(cfg.distance_teachers, cfg.teachers_dir) if need_rank else None
 
-    if human:
-        dataset: Dataset = _human_triplets(cfg.triplets, cfg.image_size)  # type: ignore[arg-type]
+    consensus = None
+    if pairs:
+        from .labels import PairLabelSet
+        from .pair_objective import ConsensusTarget
+
+        dataset: Dataset = PairLabelSet(cfg.labels, cfg.labels_images or cfg.train_dir,  # type: ignore[arg-type]
+                                        max_refs=cfg.max_images)
+        consensus = ConsensusTarget(dataset.distances)  # type: ignore[attr-defined]
+        acc.print(f"pair label set {cfg.labels}: {len(dataset)} references x {dataset.cfg.copies} copies, "  # type: ignore[attr-defined]
+                  f"teachers {dataset.teachers}")  # type: ignore[attr-defined]
+    elif human:
+        dataset = _human_triplets(cfg.triplets, cfg.image_size)  # type: ignore[arg-type]
     else:
         photos = _photo_dataset(cfg)
         dataset = DistortedCopies(photos, cfg.distortions_per_ref, cfg.seed) if need_rank else photos
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator,
-                        num_workers=cfg.num_workers, persistent_workers=False)
+                        num_workers=cfg.num_workers, persistent_workers=False, worker_init_fn=_one_thread)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     clock = {"start": time.time(), "offset": 0.0}
@@ -322,7 +398,8 @@ def train(cfg: TrainConfig) -> Path:
                          backbone_kwargs=backbone_kwargs, projection=cfg.projection,
                          training=json.dumps({"stage": cfg.stage, "step": state["step"],
                                               "embedding_teacher": cfg.embedding_teacher,
-                                              "distance_teachers": cfg.distance_teachers}))
+                                              "distance_teachers": cfg.distance_teachers,
+                                              "labels": cfg.labels}))
         return path
 
     def checkpoint() -> None:
@@ -341,7 +418,11 @@ def train(cfg: TrainConfig) -> Path:
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(state["epoch"])  # type: ignore[union-attr]
         for batch in loader:
-            if human:
+            if pairs:
+                ref, copies = batch["ref"], batch["copies"]
+                b, k = copies.shape[:2]
+                images = torch.cat([ref[:, None], copies], dim=1).flatten(0, 1)
+            elif human:
                 ref, b, k = batch["ref"], batch["ref"].shape[0], 2
                 copies = torch.stack([batch["x0"], batch["x1"]], dim=1)
                 images = torch.cat([ref[:, None], copies], dim=1).flatten(0, 1)
@@ -379,6 +460,8 @@ def train(cfg: TrainConfig) -> Path:
                 loss = loss + hinge
                 logs["hinge"] = hinge.detach()
                 logs["pair_agreement"] = ((y * (d0 - d1)) > 0)[keep].float().mean()
+            if pairs and consensus is not None:
+                loss = loss + _pair_terms(cfg, emb, norms, batch["distances"].to(emb.device), consensus, b, k, logs)
             if need_rank and dist_teachers is not None:
                 e = emb.view(b, k + 1, -1)
                 d_student = cosine_distance(e[:, :1].expand(-1, k, -1).flatten(0, 1), e[:, 1:].flatten(0, 1))
