@@ -6,9 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lipsim_metric import LipSim
+from conftest import SMALL_BACKBONE
+from lipsim_metric import LipSim, create_backbone
 from lipsim_metric.certificates import FLOAT_TOLERANCE, invert_norm_bound
 from lipsim_metric.preprocess import input_operator_norm, resize_operator_norm
+from lipsim_metric.pretrained import save_weights
+from lipsim_metric.testing import assert_one_lipschitz
+from lipsim_metric.train.attacks import attack_2afc, signed_margin
+from soundness_fixtures import tight_lipsim, triplets
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +31,20 @@ def test_invert_norm_bound_is_the_inverse() -> None:
     eps = invert_norm_bound(rho, r)
     assert torch.allclose(h(eps, r), rho, atol=1e-6)  # exactly the largest eps with h(eps) <= rho
     assert torch.all(eps >= rho - 1e-7)  # never worse than the global 1-Lipschitz bound
-    # "normalize" (paper protocol): no certificate below norm 1, and never beyond r - 1
-    e2 = invert_norm_bound(rho, torch.tensor([0.5, 1.0, 2.0, 5.0, 1.5, 10.0, 1.1, 30.0]), "normalize")
-    assert e2[0] == 0 and e2[1] == 0 and torch.all(e2[2:] <= torch.tensor([1.0, 4.0, 0.5, 9.0, 0.1, 29.0]) + 1e-6)
+    # "normalize" (paper protocol): the exact inverse of eps / (r - eps) where r >= 1, nothing below norm 1
+    r2 = torch.tensor([0.5, 1.0, 2.0, 5.0, 1.5, 10.0, 1.1, 30.0])
+    e2 = invert_norm_bound(rho, r2, "normalize")
+    assert e2[0] == 0 and torch.all(e2 < r2)
+    assert torch.allclose((e2 / (r2 - e2))[1:], rho[1:], atol=1e-6)
+
+
+def test_normalize_radius_is_not_capped_at_r_minus_one() -> None:
+    # issue 14, defect 6: eps / (r - eps) bounds the move of f / ||f|| for every eps < r, so the radius is
+    # r rho / (1 + rho); the old cap min(., r - 1) threw most of it away for embeddings of norm just above 1
+    rho, r = torch.tensor([1.0, 3.0]), torch.tensor([1.5, 1.2])
+    eps = invert_norm_bound(rho, r, "normalize")
+    assert torch.allclose(eps, r * rho / (1 + rho))
+    assert torch.all(eps > r - 1)  # beyond the old cap
 
 
 @pytest.mark.parametrize("hw", [(100, 37), (512, 300), (224, 97), (31, 31)])
@@ -65,40 +81,16 @@ def _triplets(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, torch.Te
 
 
 def l2_pgd_on_reference(metric: LipSim, ref, x0, x1, eps: torch.Tensor, steps: int = 25, restarts: int = 2):
-    """Strongest simple attack we can afford: l2 PGD with random starts pushing the 2AFC margin towards a flip.
+    """l2 PGD with random restarts on the reference (the shared implementation, ``lipsim_metric.train.attacks``).
 
-    Returns the best (most flipped) signed margin found, sign(d0 - d1) * (d0 - d1) at the perturbed reference,
-    and the perturbed references. Inputs stay in [0, 1] (projection then clipping keeps ||delta|| <= eps).
+    Returns the smallest signed margin found for the clean judgement (negative: flipped) and the perturbed references,
+    which stay in [0, 1] and inside ``eps``.
     """
-    with torch.no_grad():
-        sign = torch.sign(metric(ref, x0) - metric(ref, x1))
-    best = torch.full_like(eps, float("inf"))
-    best_x = ref.clone()
-    shape = (-1, 1, 1, 1)
-    for restart in range(restarts):
-        g = torch.Generator().manual_seed(restart)
-        delta = torch.randn(ref.shape, generator=g)
-        start = torch.rand(len(eps), 1, 1, 1, generator=g)
-        delta = delta / delta.flatten(1).norm(dim=1).view(shape) * eps.view(shape) * start
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            adv = (ref + delta).clamp(0, 1)
-            signed = sign * (metric(adv, x0) - metric(adv, x1))
-            grad, = torch.autograd.grad(signed.sum(), delta)
-            with torch.no_grad():
-                lr = 2.5 * eps / steps
-                delta = delta - lr.view(shape) * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape)
-                delta = (ref + delta).clamp(0, 1) - ref
-                norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-                delta = delta * torch.clamp(eps / norm, max=1.0).view(shape)
-        with torch.no_grad():
-            adv = (ref + delta).clamp(0, 1)
-            assert torch.all((adv - ref).flatten(1).norm(dim=1) <= eps * (1 + 1e-5))
-            signed = sign * (metric(adv, x0) - metric(adv, x1))
-            better = signed < best
-            best = torch.where(better, signed, best)
-            best_x[better] = adv[better]
-    return best, best_x
+    clean = metric.certify_2afc(ref, x0, x1)
+    adv = attack_2afc(metric, ref, x0, x1, eps, "l2", "pgd", steps=steps, restarts=restarts, target=clean.prediction)
+    assert torch.all((adv - ref).flatten(1).norm(dim=1) <= eps * (1 + 1e-5) + 1e-6)
+    after = metric.certify_2afc(adv, x0, x1)
+    return signed_margin(after.d0, after.d1, clean.prediction), adv
 
 
 def test_no_attack_flips_a_certified_2afc_decision(metric: LipSim) -> None:
@@ -147,3 +139,60 @@ def test_radius_scales_with_input_units(metric: LipSim) -> None:
     r128 = metric.certify_2afc(up(ref), up(x0), up(x1))
     # a larger input spreads a perturbation over more pixels: the radius in input units grows
     assert torch.all(r128.radius > r64)
+
+
+def test_bf16_autocast_first_call_does_not_change_certificates() -> None:
+    # issue 14, defect 1: the first call (which fills the folded-weight cache) under bf16 autocast used to poison the
+    # cache that certify_2afc reuses; on this tight network the backbone became 1.03-Lipschitz
+    ref, x0, x1 = triplets(4, seed=5)
+    first_bf16, first_fp32 = tight_lipsim(), tight_lipsim()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first_bf16(ref, x0)
+    first_fp32(ref, x0)
+    a, b = first_bf16.certify_2afc(ref, x0, x1), first_fp32.certify_2afc(ref, x0, x1)
+    assert torch.equal(a.radius, b.radius) and torch.equal(a.prediction, b.prediction)
+    pa, pb = first_bf16(x0, x1, return_radius=True), first_fp32(x0, x1, return_radius=True)
+    assert torch.equal(pa.radius_x0, pb.radius_x0)
+    assert_one_lipschitz(first_bf16.backbone, points=1, power_iters=6, steps=6)
+
+
+def test_a_bf16_metric_certifies_its_own_rounded_weights(small_weights: str) -> None:
+    # LipSim().to(torch.bfloat16): certificates are computed in float32 (t in float64) from the bf16 values, i.e. they
+    # are exactly those of the float32 metric whose weights are the bf16-rounded ones, which is the network evaluated
+    ref, x0, x1 = _triplets(3, seed=6)
+    low = LipSim(weights=small_weights).to(torch.bfloat16)
+    low(ref.bfloat16(), x0.bfloat16())  # the first call, in bf16, fills the cache
+    rounded = LipSim(weights=small_weights).to(torch.bfloat16).float()
+    a, b = low.certify_2afc(ref, x0, x1), rounded.certify_2afc(ref, x0, x1)
+    assert a.radius.dtype == torch.float32
+    assert torch.equal(a.radius, b.radius) and torch.equal(a.d0, b.d0)
+    tight = tight_lipsim(1.0546875).to(torch.bfloat16)  # exact in bf16; its t computed in bf16 rounds up by 1%
+    tight(ref.bfloat16(), x0.bfloat16())
+    assert_one_lipschitz(tight.backbone, points=1, power_iters=6, steps=6)
+
+
+@pytest.mark.parametrize("bad", ["nan", "overflow"])
+def test_non_finite_weights_are_refused(bad: str, tmp_path) -> None:
+    # issue 14, defect 5: a NaN in a weights file gave NaN radii; a float64 1e300 becomes inf when cast to float32
+    backbone = create_backbone("lipsim-fast", **SMALL_BACKBONE)
+    if bad == "overflow":
+        backbone = backbone.double()
+    with torch.no_grad():
+        backbone.linear[0].weight[0, 0] = float("nan") if bad == "nan" else 1e300
+    path = save_weights(backbone, tmp_path / "bad.safetensors", "lipsim-fast", backbone_kwargs=SMALL_BACKBONE)
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or Inf\) in 1 tensor\(s\): linear\.0\.weight"):
+        LipSim(weights=path)
+
+
+@pytest.mark.slow
+def test_reviewer_reproducer_bf16_first_call_then_pgd() -> None:
+    # The issue's end-to-end reproducer: on today's main one of these 8 certified decisions flips (APGD ensemble,
+    # 100 steps); with the float64 cache none does
+    ref, x0, x1 = triplets(8, seed=0)
+    metric = tight_lipsim()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        metric(ref, x0)
+    cert = metric.certify_2afc(ref, x0, x1)
+    adv = attack_2afc(metric, ref, x0, x1, 0.999 * cert.radius, "l2", "ensemble", steps=100, restarts=2,
+                      target=cert.prediction)
+    assert torch.equal(metric.certify_2afc(adv, x0, x1).prediction, cert.prediction)

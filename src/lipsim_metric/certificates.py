@@ -71,9 +71,11 @@ def invert_norm_bound(rho: torch.Tensor, norm: torch.Tensor, projection: Project
     """Largest ``eps`` with ``h_r(eps) <= rho``, i.e. the radius in backbone-input units.
 
     For ``"append"``: ``h_r(eps) = eps / max(c, r - eps)`` is increasing; its inverse is ``r rho / (1 + rho)`` when that
-    keeps ``r - eps >= c`` (i.e. ``rho <= (r - c) / c``), else ``c rho``. For ``"normalize"`` the bound
-    ``eps / (r - eps)`` only holds while ``r - eps >= 1`` (below norm 1 normalisation is not 1-Lipschitz), so the
-    radius is ``min(r rho / (1 + rho), r - 1)`` and zero when ``r < 1``.
+    keeps ``r - eps >= c`` (i.e. ``rho <= (r - c) / c``), else ``c rho``. For ``"normalize"`` (no constant) the bound
+    ``h_r(eps) = eps / (r - eps)`` holds for every ``eps < r`` (the projection argument of Claim 2 works for any ball
+    radius ``r - eps > 0``), so the radius is ``r rho / (1 + rho)``, always below ``r``. It is reported only where
+    ``r >= 1``, and is zero below: the float32 error of ``f / ||f||`` grows like ``1 / r``, and ``r >= 1`` keeps it
+    within the same allowance (``FLOAT_TOLERANCE``) as for ``"append"``.
 
     Args:
         rho: required bound on ``||e(x + delta) - e(x)||`` (``>= 0``), shape ``(N,)``.
@@ -85,7 +87,7 @@ def invert_norm_bound(rho: torch.Tensor, norm: torch.Tensor, projection: Project
     tight = norm * rho / (1.0 + rho)
     if projection == "append":
         return torch.where(rho <= (norm - constant) / constant, tight, constant * rho)
-    return torch.where(norm >= 1.0, torch.minimum(tight, norm - 1.0), torch.zeros_like(rho))
+    return torch.where(norm >= 1.0, tight, torch.zeros_like(rho))
 
 
 class TwoAFCCertificate(NamedTuple):

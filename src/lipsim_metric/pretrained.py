@@ -223,6 +223,11 @@ def load_state_dict_strict(module: nn.Module, path: str | os.PathLike[str]) -> N
     """Load a safetensors file into ``module``, naming every missing, unexpected or mis-shaped tensor.
 
     Tensors are cast to each parameter's dtype (float16 storage is allowed).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unreadable file; missing, unexpected or mis-shaped tensors; or NaN/Inf values (after the cast to
+            the parameter dtype). On any error ``module`` is left unchanged.
     """
     path = Path(path)
     if not path.is_file():
@@ -242,7 +247,18 @@ def load_state_dict_strict(module: nn.Module, path: str | os.PathLike[str]) -> N
             f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}, "
             f"shape mismatches {shapes[:8]}. Check that the file was made for this variant (see list_pretrained())."
         )
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    cast = {k: v.to(own[k].dtype) for k, v in state.items()}
+    # A NaN or Inf weight would give NaN distances and radii (or, through t = 1/inf = 0, silently different ones).
+    # Checked after the cast, which can overflow (a float64 1e300 becomes inf in float32).
+    bad = sorted(k for k, v in cast.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        counts = ", ".join(f"{k} ({int((~torch.isfinite(cast[k])).sum())} of {cast[k].numel()})" for k in bad[:8])
+        raise ValueError(
+            f"{path} holds non-finite values (NaN or Inf) in {len(bad)} tensor(s): {counts}"
+            f"{'...' if len(bad) > 8 else ''}. Nothing was loaded. The file is corrupt, or was saved from a training "
+            "run that diverged: re-download it, or export it again from a checkpoint with finite weights."
+        )
+    module.load_state_dict(cast, strict=True)
 
 
 # --- registered weights -------------------------------------------------------------------------------------------
