@@ -68,7 +68,7 @@ def test_resize_matrix_is_the_interpolate_operator() -> None:
 
 
 def test_resize_norm_needs_no_dense_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 20000-pixel side: the old torch.eye(20000) float64 was 3.2 GB. Now blocks of basis vectors (32 MiB)."""
+    """A 20000-pixel side: the old torch.eye(20000) float64 was 3.2 GB. Now blocks of basis vectors (8 MiB)."""
     def no_eye(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("a dense identity was built")
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
@@ -69,7 +70,7 @@ DEFAULT_MAX_PIXELS = 2 * int(1024 * 1024 * 1024 // 4 // 3)
 #: float tensor: a 10000 x 10000 photo then costs its 8-bit decode (300 MB) instead of 1.2 GB per float copy.
 STRIP_RESIZE_PIXELS = 4096 * 4096
 #: Values (rows x width x 3) per decoded strip in the strip resize.
-_STRIP_VALUES = 1 << 22
+_STRIP_VALUES = 1 << 20
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
@@ -134,6 +135,16 @@ def _check_readable(path: Path) -> None:
 def _permission_error(path: Path) -> PermissionError:
     return PermissionError(f"cannot read image {path}: permission denied; make it readable (chmod u+r '{path}') or "
                            "run as a user who can read it")
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as viewers show it (EXIF orientation applied); the image itself when no rotation is needed.
+
+    ``ImageOps.exif_transpose`` returns a copy even then, which for a 10000 x 10000 photo is another 400 MB.
+    """
+    if img.getexif().get(0x0112, 1) in (0, 1):  # 0x0112: Orientation; 1 = upright (0: invalid, ignored by viewers)
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 def _decode_error(path: Path, exc: Exception) -> ValueError:
@@ -203,7 +214,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> t
     _check_readable(path)
     try:
         with _open_image(path, max_pixels) as img:
-            array = _to_rgb_array(ImageOps.exif_transpose(img))
+            array = _to_rgb_array(_upright(img))
     except (MemoryError, ImageTooLargeError):
         raise
     except PermissionError as exc:
@@ -216,21 +227,23 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> t
 def _strip_resize(img: Image.Image, size: int) -> torch.Tensor:
     """``to_backbone_input`` of a large image, computed strip by strip from the 8-bit decode.
 
-    The antialiased resize is separable, ``Y = A_h X A_w^T`` per channel, with ``A_h``, ``A_w`` the exact 1-D
-    operator matrices (:func:`lipsim_metric.preprocess.resize_matrix`, built by pushing basis vectors through the same
-    ``F.interpolate``). Summing ``A_h[:, rows] (X[rows] A_w^T)`` over strips of rows gives the same linear map (up to
-    float rounding, about 1e-6) while only one strip is ever held in floating point.
+    The antialiased resize is separable, ``Y = A_h X A_w^T`` per channel. Each strip of rows is resized along its
+    width with the same ``F.interpolate`` call (its height kept, for which the operator is the identity), then the
+    strips are combined along the height with the exact 1-D matrix ``A_h``
+    (:func:`lipsim_metric.preprocess.resize_matrix`, built by pushing basis vectors through that same call). That is
+    the same linear map (equal up to float rounding, about 1e-6) while only one strip is ever held in floating point.
     """
     width, height = img.size
-    a_w = resize_matrix(width, size).float().T.contiguous()  # (W, size)
     a_h = resize_matrix(height, size).float()  # (size, H)
     out = torch.zeros(3, size, size, dtype=torch.float32)
     rows = max(1, _STRIP_VALUES // (3 * width))
     for top in range(0, height, rows):
         bottom = min(height, top + rows)
         strip = torch.from_numpy(np.ascontiguousarray(_to_rgb_array(img.crop((0, top, width, bottom)))))
-        # (rows, W, 3) -> (3, rows, W) @ (W, size) -> (3, rows, size); then (size, rows) @ -> (3, size, size)
-        out += a_h[:, top:bottom] @ (strip.permute(2, 0, 1) @ a_w)
+        strip = strip.permute(2, 0, 1)[None]  # (1, 3, rows, W)
+        narrow = F.interpolate(strip, size=(bottom - top, size), mode="bilinear", antialias=True,
+                               align_corners=False)[0]  # (3, rows, size)
+        out += a_h[:, top:bottom] @ narrow  # (size, rows) @ (3, rows, size) -> (3, size, size)
     return out
 
 
@@ -260,7 +273,7 @@ def load_image_resized(path: str | os.PathLike[str], size: int, max_pixels: int 
     try:
         with _open_image(path, max_pixels) as img:
             channels = 1 if img.mode in GRAY_MODES else 3
-            upright = ImageOps.exif_transpose(img)
+            upright = _upright(img)
             width, height = upright.size
             image: torch.Tensor | None = None
             if min(width, height) < MIN_IMAGE_SIZE:

@@ -155,8 +155,8 @@ def to_backbone_input(x: torch.Tensor, size: int, input_range: str = "[0,1]") ->
     return x
 
 
-#: Elements (float64) of one block of basis vectors pushed through the 1-D resize at a time (32 MiB).
-_BASIS_BLOCK_ELEMENTS = 1 << 22
+#: Elements (float64) of one block of basis vectors pushed through the 1-D resize at a time (8 MiB).
+_BASIS_BLOCK_ELEMENTS = 1 << 20
 
 
 def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
