@@ -144,3 +144,14 @@ def test_errors(metric: LipSim, data, tmp_path: Path) -> None:
         index.search(queries * 3, k=1)
     with pytest.raises(ValueError, match=r"shape \(N, C, H, W\)"):
         index.certified_top1(queries[0])
+
+
+def test_index_ignores_autocast(metric: LipSim, data) -> None:
+    # issue 14: the autocast state of the caller never leaks into what a certificate is computed from
+    gallery, queries = data
+    plain = EmbeddingIndex.from_tensor(metric, gallery)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = EmbeddingIndex.from_tensor(metric, gallery)
+        top1 = under.certified_top1(queries)
+    assert torch.equal(under.embeddings, plain.embeddings)
+    assert torch.equal(top1.radius, plain.certified_top1(queries).radius)

@@ -11,6 +11,10 @@ computes each ``c``'s radius, and the top-1 radius is the **minimum over all oth
 runner-up: ``rho_c`` is the distance from ``e(q)`` to the hyperplane between ``b`` and ``c``, and the nearest such
 hyperplane need not belong to the second-nearest item (the docs give a counterexample).
 
+Precision: gallery and query embeddings are computed in float32 with autocast disabled (also when the index is built
+or queried inside a ``torch.autocast`` region), like every LipSim certificate; the certificate holds for the stored
+gallery embeddings, which are also what :meth:`EmbeddingIndex.search` compares against.
+
 Example:
     >>> import torch
     >>> from lipsim_metric import LipSim
@@ -176,7 +180,7 @@ class EmbeddingIndex:
     @classmethod
     def from_tensor(cls, metric: LipSim, images: Tensor, batch_size: int = 64,
                     names: Sequence[str] | None = None) -> EmbeddingIndex:
-        """Embed a batch of gallery images ``(N, C, H, W)`` (in ``metric.input_range``).
+        """Embed a batch of gallery images ``(N, C, H, W)`` (in ``metric.input_range``), in float32, autocast off.
 
         Args:
             metric: the LipSim metric.
@@ -195,9 +199,9 @@ class EmbeddingIndex:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         device = next(metric.parameters()).device
         embeddings = []
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
             for batch in images.split(int(batch_size)):
-                embeddings.append(cast(Tensor, metric.embed(batch.to(device))))
+                embeddings.append(cast(Tensor, metric.embed(batch.to(device).float())))
         return cls(metric, torch.cat(embeddings), names)
 
     @classmethod
@@ -232,7 +236,7 @@ class EmbeddingIndex:
             batch = torch.cat(images).clamp(0.0, 1.0).to(device)
             if metric.input_range == "[-1,1]":
                 batch = batch * 2.0 - 1.0
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
                 embeddings.append(cast(Tensor, metric.embed(batch)))
         return cls(metric, torch.cat(embeddings), [f.as_posix() for f in files])
 
