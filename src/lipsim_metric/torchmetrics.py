@@ -85,6 +85,9 @@ class LipSimMetric(Metric):
     is_differentiable = True
     higher_is_better = False
     full_state_update = False
+    scores: list[Tensor]
+    sum_scores: Tensor
+    total: Tensor
 
     def __init__(self, weights: str | os.PathLike[str] | None = None, reduction: Reduction = "mean",
                  input_range: str = "[0,1]", net: LipSim | None = None, **kwargs: Any) -> None:
@@ -135,6 +138,9 @@ class LipSim2AFC(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    natural_sum: Tensor
+    certified_sum: Tensor
+    total: Tensor
 
     def __init__(self, budgets: Sequence[float] = PAPER_BUDGETS, weights: str | os.PathLike[str] | None = None,
                  input_range: str = "[0,1]", net: LipSim | None = None, **kwargs: Any) -> None:
