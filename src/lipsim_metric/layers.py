@@ -74,6 +74,9 @@ def check_lipschitz_declarations(module: nn.Module, name: str = "backbone") -> N
     Raises:
         TypeError: naming every offending submodule and its class, with the fix.
     """
+    original = getattr(module, "_orig_mod", None)  # torch.compile wraps the module it compiles
+    if isinstance(original, nn.Module):
+        module = original
     problems = []
     for sub_name, sub in module.named_modules():
         label = f"{name}.{sub_name}" if sub_name else name

@@ -78,9 +78,9 @@ def jacobian_spectral_norm(f: Function, x: Tensor, iters: int = 30, generator: t
     v = v / v.norm()
     best = 0.0
     for _ in range(int(iters)):
-        _, jv = torch.func.jvp(f, (x,), (v,))
+        jv = torch.func.jvp(f, (x,), (v,))[1]
         best = max(best, float(jv.detach().norm()))
-        _, vjp = torch.func.vjp(f, x)
+        vjp = torch.func.vjp(f, x)[1]
         (jtjv,) = vjp(jv)
         norm = jtjv.norm()
         if float(norm) == 0.0:  # J v = 0: v is in the null space; nothing more to learn from this start
