@@ -319,7 +319,10 @@ def train(cfg: TrainConfig) -> Path:
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision)
+    # under torchrun without CUDA, accelerate sets up gloo DDP only when told cpu=True (else every rank trains alone)
+    acc = Accelerator(mixed_precision=cfg.mixed_precision,
+                      cpu=not torch.cuda.is_available() and torch.distributed.is_available()
+                      and torch.distributed.is_torchelastic_launched())
     set_seed(cfg.seed)
 
     backbone_kwargs = dict(cfg.backbone_kwargs)
