@@ -184,7 +184,9 @@ class DreamSimLike(nn.Module):
 
 def build_model(name: str, teachers_dir: str | None, check_inputs: bool) -> nn.Module:
     """The distance module ``(x0, x1) -> (N,)`` named ``name`` (see the module docstring)."""
-    if name in (LIPSIM, PAPER):
+    if name == LIPSIM:  # the shipped default weights: their architecture (backbone_kwargs) is what users run
+        return LipSim(check_inputs=check_inputs)
+    if name == PAPER:
         return LipSim(name, pretrained=False, check_inputs=check_inputs)
     if name in ("lpips-alex", "lpips-vgg"):
         if teachers_dir is not None:
