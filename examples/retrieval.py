@@ -50,7 +50,8 @@ def build_index(metric: LipSim, images: Sequence[torch.Tensor], names: Sequence[
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gallery", type=Path, default=SHARED_DIR / "images" / "val",
-                        help="folder of gallery photos (default: ../shared/images/val)")
+                        help="folder of gallery photos: any folder of JPEG/PNG photos, e.g. your own pictures "
+                             "(default: ../shared/images/val, this project's validation photos)")
     parser.add_argument("--weights", default=None,
                         help="LipSim weights: registered name or .safetensors path (default: the package default)")
     parser.add_argument("--count", type=int, default=None, help=f"gallery size (default {FULL['count']}; --fast: "
@@ -82,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot load LipSim weights: {exc}\nPass --weights <name or .safetensors file>.", file=sys.stderr)
         return 2
 
+    if not args.gallery.is_dir():
+        parser.error(f"--gallery {args.gallery} is not a folder. Give any folder of at least {count} photos "
+                     "(JPEG/PNG), e.g. --gallery ~/Pictures")
     files = find_images(args.gallery)
     if len(files) < count:
         parser.error(f"{args.gallery} holds {len(files)} images, fewer than --count {count}")

@@ -119,9 +119,14 @@ def save_figure(path: Path, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tenso
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", type=Path, default=None,
-                        help="reference photo (default: the first photo of ../shared/images/val)")
-    parser.add_argument("--teachers-dir", type=Path, default=SHARED_DIR / "teachers",
-                        help="folder of teacher weights, for LPIPS-Alex (default: ../shared/teachers)")
+                        help="reference photo, any JPEG/PNG (default: the first photo of ../shared/images/val if "
+                             "that folder exists, else examples/images/a)")
+    parser.add_argument("--teachers-dir", type=Path, default=SHARED_DIR / "teachers" if (SHARED_DIR / "teachers")
+                        .is_dir() else None,
+                        help="folder with the LPIPS-Alex files (alexnet_imagenet_features.safetensors, "
+                             "lpips_v0.1_alex_heads.safetensors); default ../shared/teachers if present, else "
+                             "$LIPSIM_TEACHERS_DIR, else online: torchvision's AlexNet weights "
+                             "(AlexNet_Weights.IMAGENET1K_V1) and the heads of the lpips package (pip install lpips)")
     parser.add_argument("--weights", default=None,
                         help="LipSim weights: registered name or .safetensors path (default: the package default)")
     parser.add_argument("--eps", type=float, nargs="+", default=[0.5, 1.0, 2.0],
@@ -155,12 +160,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         lpips_alex = build_distance_teacher("lpips-alex", teachers_dir=args.teachers_dir)
-    except FileNotFoundError as exc:
-        print(f"cannot build LPIPS-Alex: {exc}\nPass --teachers-dir (e.g. ../shared/teachers).", file=sys.stderr)
+    except (FileNotFoundError, OSError, RuntimeError) as exc:  # missing files, or no network for torchvision
+        print(f"cannot build LPIPS-Alex: {exc}\nPass --teachers-dir FOLDER with alexnet_imagenet_features.safetensors "
+              "and lpips_v0.1_alex_heads.safetensors, or run once with a network connection (torchvision downloads "
+              "AlexNet_Weights.IMAGENET1K_V1; the heads come from `pip install lpips`).", file=sys.stderr)
         return 2
 
     if args.image is None:
         folder = SHARED_DIR / "images" / "val"
+        if not folder.is_dir():  # outside this project: the repository's own example images
+            folder = Path(__file__).resolve().parent / "images" / "a"
         args.image = folder / find_images(folder)[0]
     ref, x0, x1 = make_triplet(center_square(load_image(args.image), size), args.seed)
     print(f"triplet: {args.image} at {size}x{size}; x0 = blur, x1 = noise; l2 PGD on the reference, {steps} steps")

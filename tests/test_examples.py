@@ -144,3 +144,30 @@ def test_cli_walkthrough(tiny_weights: Path, tmp_path: Path) -> None:
     document = json.loads((tmp_path / "scores.json").read_text())
     assert document["summary"]["n"] == 2 and document["summary"]["n_failed"] == 1
     assert document["unmatched"] == {"only_a": ["scene_3.png"], "only_b": ["extra.png"]}
+
+
+def test_retrieval_without_the_shared_photos_says_what_to_pass(tiny_weights: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Outside this project ../shared does not exist: the example must say which data to give it (issue 16 item 11)."""
+    with pytest.raises(SystemExit) as exc:
+        load_example("retrieval").main(["--fast", "--weights", str(tiny_weights), "--gallery",
+                                        str(tmp_path / "missing")])
+    assert exc.value.code == 2
+    assert "any folder of at least 6 photos" in capsys.readouterr().err
+
+
+def test_calibration_script_runs_and_renders_its_table(tiny_weights: Path, photos: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("calibration", REPO / "benchmarks" / "calibration.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "calibration.json"
+    argv = ["--images", str(photos / "val"), "--count", "3", "--weights", str(tiny_weights), "--out", str(out),
+            "--no-lpips"]  # LPIPS-VGG at 224x224 would take minutes on 2 cores; the teachers have their own tests
+    assert module.main(argv) == 0
+    table = capsys.readouterr().out
+    document = json.loads(out.read_text())
+    assert module.format_table(document) in table
+    assert set(document["results"]) == {label for label, _ in module.DISTORTIONS} | {module.DIFFERENT}
+    assert document["results"]["identical copy"]["LipSim"] < 1e-6
