@@ -81,11 +81,11 @@ def jacobian_spectral_norm(f: Function, x: Tensor, iters: int = 30, generator: t
         jv = torch.func.jvp(f, (x,), (v,))[1]
         best = max(best, float(jv.detach().norm()))
         vjp = torch.func.vjp(f, x)[1]
-        (jtjv,) = vjp(jv)
-        norm = jtjv.norm()
+        (jtjv,) = vjp(jv.detach())
+        norm = jtjv.detach().norm()
         if float(norm) == 0.0:  # J v = 0: v is in the null space; nothing more to learn from this start
             break
-        v = jtjv / norm
+        v = jtjv.detach() / norm
     return best
 
 
