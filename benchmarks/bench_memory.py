@@ -4,8 +4,9 @@ Writes a pair of ``SIDE x SIDE`` JPEG photos-like images (smooth colour waves pl
 copy) into a temporary folder, then runs ``python -m lipsim_metric.cli A B --workers 0`` in a child process and reads
 the child's peak resident memory (``ru_maxrss`` from ``os.wait4``). With ``--workers 0`` decoding happens in that one
 process, so its peak is the whole cost (the images are made in another helper process, so that the measuring
-process itself stays small: a forked child's peak counts its parent's resident pages). For reference it also measures a child that only imports the package (the
-torch import alone is several hundred MB, most of it shared libraries).
+process itself stays small: a forked child's peak counts its parent's resident pages). For reference it also
+measures a child that only imports the package (the torch import alone is several hundred MB, most of it shared
+libraries).
 
 Usage::
 

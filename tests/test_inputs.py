@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lipsim_metric import LipSim
-from lipsim_metric import preprocess
+from lipsim_metric import LipSim, preprocess
 from lipsim_metric.preprocess import check_threshold, resize_matrix, resize_operator_norm
 
 

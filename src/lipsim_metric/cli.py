@@ -414,7 +414,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.pairs is not None:
         if args.paths:
             raise UsageError("give either --pairs FILE.csv or the two paths A B, not both")
-        pairs, only_a, only_b = read_pairs_csv(args.pairs), [], []
+        pairs, only_a, only_b = read_pairs_csv(args.pairs), list[str](), list[str]()
     elif len(args.paths) != 2:
         raise UsageError(f"expected two paths A B (files or folders), got {len(args.paths)}; or use --pairs FILE.csv")
     else:
@@ -493,7 +493,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except OSError as exc:
             write_error = exc
     if write_error is not None:
-        print(f"{_PROG}: error: cannot write the results to {output or 'stdout'}: {write_error.strerror or write_error}."
+        reason = write_error.strerror or write_error
+        print(f"{_PROG}: error: cannot write the results to {output or 'stdout'}: {reason}."
               f" Rows written before the error are kept; free the space or fix the permissions, then rerun the "
               f"same command with --resume to score the rest", file=err)
         return EXIT_USAGE

@@ -27,11 +27,11 @@ from .cli import (
     EXIT_USAGE,
     UsageError,
     _check_output,
-    _Terminated,
     _install_sigterm,
     _load_metric,
     _report_unmatched,
     _resolve_device,
+    _Terminated,
     read_list_csv,
 )
 from .cli_output import TRIPLET_FIELDS, commit_json, open_writer, read_previous
@@ -114,7 +114,8 @@ def _judge_batches(metric: LipSim, triplets: list[Triplet], device: torch.device
             for record, d0, d1, radius, prediction in zip(good, *columns, cert.prediction.tolist(), strict=True):
                 ref, x0, x1, name = triplets[record["index"]]
                 # certify_2afc saw size x size RGB inputs; restate the radius for the reference file.
-                radius /= input_operator_norm(*record["shape"], record["channels"], size, "[0,1]")
+                (height, width), channels = record["shape"], record["channels"]
+                radius /= input_operator_norm(height, width, channels, size, "[0,1]")
                 rows.append({"name": name, "path_ref": str(ref), "path_0": str(x0), "path_1": str(x1), "d0": d0,
                              "d1": d1, "prediction": int(prediction), "radius": radius})
         yield len(records), rows, failed

@@ -26,8 +26,7 @@ import os
 import stat
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -366,11 +365,11 @@ def find_images(root: str | os.PathLike[str], recursive: bool = True,
         for name in filenames:
             if _is_hidden(name) or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 continue
-            full = Path(dirpath) / name
-            if full.is_file():
-                found.append(full.relative_to(root))
-            elif full.is_symlink():
-                notes.append(f"{full} is a broken symbolic link (to {os.readlink(full)}); skipped. Fix or remove it")
+            file = Path(dirpath) / name
+            if file.is_file():
+                found.append(file.relative_to(root))
+            elif file.is_symlink():
+                notes.append(f"{file} is a broken symbolic link (to {os.readlink(file)}); skipped. Fix or remove it")
     return sorted(found, key=lambda p: p.as_posix())
 
 

@@ -198,8 +198,8 @@ def resize_operator_norm(height: int, width: int, size: int) -> float:
     The antialiased bilinear resize is separable, ``R = A_h (x) A_w`` (a Kronecker product), and
     ``||A_h (x) A_w||_2 = ||A_h||_2 ||A_w||_2``. Each 1-D factor is built exactly as a small ``size x n`` matrix
     (:func:`resize_matrix`; never a dense ``n x n`` identity, so a 20000-pixel side costs 36 MiB, not 3 GiB) and its
-    spectral norm computed in float64; the product is inflated by ``NORM_SAFETY`` to cover rounding. The test-suite checks the
-    bound against power iteration on the real 2-D operator.
+    spectral norm computed in float64; the product is inflated by ``NORM_SAFETY`` to cover rounding. The test-suite
+    checks the bound against power iteration on the real 2-D operator.
     """
     if (height, width) == (size, size):
         return 1.0
