@@ -42,7 +42,7 @@ def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
         Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, "JPEG",
                                                                                           quality=quality)
         buf.seek(0)
-        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255)
+        out.append(torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).float() / 255)
     return torch.stack(out)
 
 

@@ -147,3 +147,20 @@ def test_label_set_build_resume_verify_and_train(shared_dir: Path, tmp_path: Pat
     assert metric.backbone.embed_dim == 2 * 192 * 4
     with pytest.raises(ValueError, match="labels"):
         engine.load_config(None, ["stage=pairs"])
+
+
+def test_feature_inversion_example_runs(tmp_path: Path) -> None:
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("feature_inversion",
+                                                  Path(__file__).parents[1] / "examples" / "feature_inversion.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["feature_inversion"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    photos = _photos(tmp_path / "photos", 1)
+    out = tmp_path / "inv"
+    assert module.main(["--images", str(photos), "--metrics", "lipsim,psnr", "--steps", "2", "--photos", "1",
+                        "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())["results"]
+    assert set(result) == {"lipsim", "psnr"} and result["lipsim"]["above_jpeg_q30"] in ("0/1", "1/1")
