@@ -1,4 +1,4 @@
-"""Issue 13's training path: recipe-2 distortions, pair label sets, the pair objective, mean/std pooling, stage "pairs"."""
+"""Issue 13 training path: recipe-2 distortions, pair label sets, pair objective, mean/std pooling, stage "pairs"."""
 
 from __future__ import annotations
 
