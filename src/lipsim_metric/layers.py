@@ -421,7 +421,7 @@ class MeanStdPool2d(nn.Module):
 
 
 class ChannelScale(nn.Module):
-    """Learned per-channel weights in ``(0, 1)``: ``y_c = sigmoid(p_c) x_c``, 1-Lipschitz (a diagonal map, entries <= 1).
+    """Learned per-channel weights in ``(0, 1)``: ``y_c = sigmoid(p_c) x_c``; 1-Lipschitz (diagonal, entries <= 1).
 
     The 1-Lipschitz counterpart of LPIPS's per-channel linear heads: a channel can be turned down, never amplified.
     Shapes: ``(N, C, H, W)`` or ``(N, C)``.
