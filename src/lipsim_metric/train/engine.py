@@ -352,7 +352,7 @@ def train(cfg: TrainConfig) -> Path:
         from .pair_objective import ConsensusTarget
 
         dataset: Dataset = PairLabelSet(cfg.labels, cfg.labels_images or cfg.train_dir,  # type: ignore[arg-type]
-                                        max_refs=cfg.max_images, cache=cfg.num_workers == 0)
+                                        max_refs=cfg.max_images, cache=cfg.num_workers == 0, flip=True)
         consensus = ConsensusTarget(dataset.distances)  # type: ignore[attr-defined]
         acc.print(f"pair label set {cfg.labels}: {len(dataset)} references x {dataset.cfg.copies} copies, "  # type: ignore[attr-defined]
                   f"teachers {dataset.teachers}")  # type: ignore[attr-defined]

@@ -248,6 +248,8 @@ class PairLabelSet(Dataset):
         root: the label set folder.
         images: the photo folder it was built from (its sorted file list must match the manifest's).
         max_refs: use only the first ``max_refs`` labelled references (in build order).
+        flip: mirror the reference and its copies together with probability 1/2 (torch's global RNG): the teachers'
+            distances are (almost exactly) mirror-invariant, so the labels stay valid and the data doubles.
         cache: keep every rendered item in memory as float16 (about ``(1 + K) * 0.3`` MB per reference at 224 px),
             so epochs after the first skip the rendering; the cache lives in the process that reads the item (use
             it with ``num_workers=0``).
@@ -257,9 +259,10 @@ class PairLabelSet(Dataset):
         ValueError: the photo folder does not match the manifest.
     """
 
-    def __init__(self, root: PathLike, images: PathLike, max_refs: int | None = None, cache: bool = False) -> None:
+    def __init__(self, root: PathLike, images: PathLike, max_refs: int | None = None, cache: bool = False,
+                 flip: bool = False) -> None:
         self.root = Path(root)
-        self.cache = cache
+        self.cache, self.flip = cache, flip
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.manifest = read_manifest(self.root)
         self.cfg = _config(self.manifest)
@@ -309,6 +312,8 @@ class PairLabelSet(Dataset):
             copies = torch.stack([self.distortion(item, k).apply(ref) for k in range(self.cfg.copies)])
             if self.cache:
                 self._cache[item] = (ref.half(), copies.half())
+        if self.flip and bool(torch.rand(()) < 0.5):
+            ref, copies = ref.flip(-1), copies.flip(-1)
         return {"ref": ref, "copies": copies, "distances": self.distances[item], "index": index}
 
 
