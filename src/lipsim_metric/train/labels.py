@@ -310,8 +310,9 @@ class PairLabelSet(Dataset):
         else:
             ref = self.photos[index]
             copies = torch.stack([self.distortion(item, k).apply(ref) for k in range(self.cfg.copies)])
-            if self.cache:
+            if self.cache:  # every epoch, the first included, sees the same float16-rounded pixels
                 self._cache[item] = (ref.half(), copies.half())
+                ref, copies = self._cache[item][0].float(), self._cache[item][1].float()
         if self.flip and bool(torch.rand(()) < 0.5):
             ref, copies = ref.flip(-1), copies.flip(-1)
         return {"ref": ref, "copies": copies, "distances": self.distances[item], "index": index}
