@@ -80,7 +80,7 @@ class PretrainedCfg:
 _PRETRAINED: dict[str, PretrainedCfg] = {}
 
 #: Name of the weights :class:`lipsim_metric.LipSim` loads by default.
-DEFAULT_WEIGHTS = "lipsim-fast.distill-alex-cpu-v1"
+DEFAULT_WEIGHTS = "lipsim-fast.perceptual-cpu-v1"
 
 
 def register_pretrained(cfg: PretrainedCfg) -> PretrainedCfg:
@@ -263,51 +263,23 @@ def load_state_dict_strict(module: nn.Module, path: str | os.PathLike[str]) -> N
 
 # --- registered weights -------------------------------------------------------------------------------------------
 
+# Earlier weights of this project (distill-alex-cpu-v1, robust-alex-cpu-v1/v3/v4) are no longer shipped or registered;
+# their files are in git history and load by path, with their metadata: docs/model_card.md, "Earlier weights".
 register_pretrained(
     PretrainedCfg(
         name=DEFAULT_WEIGHTS,
         variant="lipsim-fast",
-        filename="lipsim-fast.distill-alex-cpu-v1.safetensors",
+        filename="lipsim-fast.perceptual-cpu-v1.safetensors",
         hf_hub_id="lipsim-metric/lipsim-fast",
         revision="main",
-        sha256="800c84d2fff02c69835b3d423c02c43942fd26bce9e7c26e3dceff79693cf986",
-        training="stage-1 distillation of AlexNet channel statistics (alex-stats) on ../shared/images/train crops, "
-        "156 steps x 16 images, 25 min on 2 CPU cores (configs/distill_cpu.yaml)",
+        sha256="9aa3133c337446667416d04e1871da587a50f37b00e2304304cbbcd432910d96",
+        backbone_kwargs={"pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None},
+        training="distance distillation (stage 'pairs') of LPIPS-VGG, DISTS and LPIPS-Alex distances on 544 x 6 "
+        "labelled distortion pairs of ../shared/images/train (recipe 2), with the certified-radius hinge; mean/std "
+        "pooling, convolutions from robust-alex-cpu-v4; 2 CPU cores (configs/pairs_main_cpu.yaml)",
         model_card="docs/model_card.md",
     )
 )
-
-register_pretrained(
-    PretrainedCfg(
-        name="lipsim-fast.robust-alex-cpu-v1",
-        variant="lipsim-fast",
-        filename="lipsim-fast.robust-alex-cpu-v1.safetensors",
-        hf_hub_id="lipsim-metric/lipsim-fast",
-        revision="main",
-        sha256="e2a5c102a0ede4cad68240dcdcc8e66ba00298dd7d01bccc7caa46cd714ccdd2",
-        training="the default weights fine-tuned with the certified-radius hinge (radius margin 3) on distortion "
-        "triplets labelled by LPIPS-Alex, distillation kept at 3x scale; 435 steps x 8 references, 40 min on 2 CPU "
-        "cores (configs/robust_cpu.yaml). Larger certified radii, lower natural agreement",
-        model_card="docs/model_card.md",
-    )
-)
-
-register_pretrained(
-    PretrainedCfg(
-        name="lipsim-fast.robust-alex-cpu-v4",
-        variant="lipsim-fast",
-        filename="lipsim-fast.robust-alex-cpu-v4.safetensors",
-        hf_hub_id="lipsim-metric/lipsim-fast",
-        revision="main",
-        sha256="ed610e294863850355941f0f5f693268d5591eff93c576632c73d9e88859c69b",
-        training="robust-alex-cpu-v3 (shipped until v4 replaced it; in git history at commit 32e8c6f) fine-tuned for "
-        "a fourth round with the same certified-radius objective on fresh triplets: 2,406 steps (seed 5, 100 min, "
-        "configs/robust4_cpu.yaml, student in bf16 autocast), 8 references per step on 2 CPU cores. The recommended "
-        "robust weights",
-        model_card="docs/model_card.md",
-    )
-)
-
 for _tag, _summary in (
     ("pretrained", "authors' distilled checkpoint (DreamSim teacher, ImageNet), before NIGHT fine-tuning"),
     ("margin0.2", "authors' checkpoint fine-tuned on NIGHT with hinge margin 0.2"),
