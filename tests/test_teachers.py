@@ -120,7 +120,7 @@ def test_identity_and_symmetry(name: str, pairs: tuple[torch.Tensor, torch.Tenso
 @pytest.mark.parametrize("name", DISTANCES)
 def test_cached_features_give_the_same_distance(name: str, pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
     """features() + distance_from_features() (what attacks use to embed fixed candidates once) == forward()."""
-    from lipsim_metric.train.attacks import _distances_to_pair
+    from lipsim_metric.evaluation.attacks import _distances_to_pair
 
     x0, x1 = pairs
     metric = teacher(name)
@@ -132,7 +132,7 @@ def test_cached_features_give_the_same_distance(name: str, pairs: tuple[torch.Te
     torch.testing.assert_close(d0, metric(x0, x1), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(d1, metric(x0, x0), rtol=1e-5, atol=1e-6)
     # the retrieval experiment's gallery cache: (queries, gallery) distance matrix
-    from lipsim_metric.train.robustness import _all_distances
+    from lipsim_metric.evaluation.robustness import _all_distances
 
     with torch.no_grad():
         matrix = _all_distances(metric, x1)(x0)

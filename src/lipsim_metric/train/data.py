@@ -24,7 +24,7 @@ Sources of the formats read here:
 * LipSim (Ghazanfari et al., ICLR 2024, https://arxiv.org/abs/2310.18274) distils a teacher on natural photos
   and evaluates 2AFC accuracy on NIGHT; the generated triplets here stand in for human sets where none is at hand.
 
-Conventions shared by every loader: files are decoded by :func:`lipsim_metric.io.load_image` (the decoder of the
+Conventions shared by every loader: files are decoded by :func:`lipsim_metric.images.load_image` (the decoder of the
 metric's CLI: EXIF orientation applied, transparency composited onto white); images are float RGB tensors in [0, 1],
 ``(3, S, S)``; 2AFC items are dicts ``{"ref", "x0", "x1", "target"}`` where ``target`` is the probability (vote share)
 that ``x1`` is judged closer to ``ref`` than ``x0`` -- the NIGHT/BAPPS convention, 1.0 = everyone picked ``x1``.

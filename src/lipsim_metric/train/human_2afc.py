@@ -14,7 +14,7 @@ Sources of the formats read here:
 is judged closer to ``ref`` than ``x0`` -- the NIGHT/BAPPS convention, 1.0 = everyone picked ``x1``.
 
 Conventions shared by every loader (see :mod:`lipsim_metric.train.data`): files are decoded by
-:func:`lipsim_metric.io.load_image` (the decoder of the metric's CLI: EXIF orientation applied, transparency
+:func:`lipsim_metric.images.load_image` (the decoder of the metric's CLI: EXIF orientation applied, transparency
 composited onto white); images are float RGB tensors in [0, 1], ``(3, S, S)``; resizing to ``size x size`` uses the
 metric's own antialiased bilinear resize (:func:`lipsim_metric.preprocess.to_backbone_input`); aspect ratio is not
 preserved, as in LPIPS and DreamSim. Files are paired by name (CSV rows, file stems), never by sort order.
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..io import IMAGE_EXTENSIONS, load_image
+from ..images import IMAGE_EXTENSIONS, load_image
 from .photos import PathLike, _check_optional_size, _resize_square
 
 __all__ = ["Triplet", "TripletFileDataset", "NightDataset", "BAPPS2AFCDataset", "TripletCSVDataset"]

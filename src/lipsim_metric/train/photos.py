@@ -4,7 +4,7 @@ LipSim (Ghazanfari et al., ICLR 2024, https://arxiv.org/abs/2310.18274) distils 
 module lists such photos and serves reproducible random square crops of them.
 
 Conventions shared by every loader (see :mod:`lipsim_metric.train.data`): files are decoded by
-:func:`lipsim_metric.io.load_image` (the decoder of the metric's CLI: EXIF orientation applied, transparency
+:func:`lipsim_metric.images.load_image` (the decoder of the metric's CLI: EXIF orientation applied, transparency
 composited onto white); images are float RGB tensors in [0, 1], ``(3, S, S)``; resizing to ``size x size`` uses the
 metric's own antialiased bilinear resize (:func:`lipsim_metric.preprocess.to_backbone_input`); aspect ratio is not
 preserved, as in LPIPS and DreamSim. Files are paired by name (CSV rows, file stems), never by sort order.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..io import IMAGE_EXTENSIONS, find_images, load_image
+from ..images import IMAGE_EXTENSIONS, find_images, load_image
 from ..preprocess import to_backbone_input
 
 __all__ = ["PathLike", "list_images", "PhotoCropDataset"]
@@ -74,7 +74,7 @@ def _quantize(img: torch.Tensor) -> torch.Tensor:
 
 
 def list_images(root: PathLike, recursive: bool = True) -> list[str]:
-    """List the image files under a folder, as strings (a thin wrapper of :func:`lipsim_metric.io.find_images`).
+    """List the image files under a folder, as strings (a thin wrapper of :func:`lipsim_metric.images.find_images`).
 
     Args:
         root: Folder to scan.
@@ -82,7 +82,7 @@ def list_images(root: PathLike, recursive: bool = True) -> list[str]:
 
     Returns:
         Sorted POSIX paths relative to ``root`` of files whose extension (any case) is one of
-        :data:`lipsim_metric.io.IMAGE_EXTENSIONS` (jpg, jpeg, png, bmp, webp, tif, gif, ...); hidden files and
+        :data:`lipsim_metric.images.IMAGE_EXTENSIONS` (jpg, jpeg, png, bmp, webp, tif, gif, ...); hidden files and
         folders (name starting with ``.``) are skipped. Empty if there are none.
 
     Raises:
@@ -214,7 +214,7 @@ class PhotoCropDataset(Dataset):
         return _center_box(height, width)
 
     def load(self, index: int) -> torch.Tensor:
-        """Read item ``index`` (decoded by :func:`lipsim_metric.io.load_image`) without the unreadable-file fallback.
+        """Read item ``index`` (decoded by :func:`lipsim_metric.images.load_image`), without the unreadable fallback.
 
         Raises:
             FileNotFoundError: If the file disappeared.

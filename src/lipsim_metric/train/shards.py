@@ -2,7 +2,7 @@
 :class:`ShardDataset` reads them back (fast epochs without re-decoding JPEGs).
 
 Conventions shared by every loader (see :mod:`lipsim_metric.train.data`): files are decoded by
-:func:`lipsim_metric.io.load_image` (the decoder of the metric's CLI: EXIF orientation applied, transparency
+:func:`lipsim_metric.images.load_image` (the decoder of the metric's CLI: EXIF orientation applied, transparency
 composited onto white); images are float RGB tensors in [0, 1], ``(3, S, S)``; resizing to ``size x size`` uses the
 metric's own antialiased bilinear resize (:func:`lipsim_metric.preprocess.to_backbone_input`); aspect ratio is not
 preserved, as in LPIPS and DreamSim. Files are paired by name (CSV rows, file stems), never by sort order.
@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
-from ..io import load_image
+from ..images import load_image
 from .photos import (
     PathLike,
     _center_box,
