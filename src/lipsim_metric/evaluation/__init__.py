@@ -13,6 +13,9 @@ Modules, one concern each (none is imported by the core ``lipsim_metric`` packag
 * :mod:`~lipsim_metric.evaluation.baselines` -- the metrics compared with LipSim (LPIPS, DISTS, SSIM, PSNR, ...);
 * :mod:`~lipsim_metric.evaluation.robustness` -- the robustness report (``python -m
   lipsim_metric.evaluation.robustness``);
+* :mod:`~lipsim_metric.evaluation.robustness_experiments`, :mod:`~lipsim_metric.evaluation.robustness_output`,
+  :mod:`~lipsim_metric.evaluation.retrieval_attack`, :mod:`~lipsim_metric.evaluation.soundness` -- its experiments,
+  written outputs, retrieval under attack and certificate soundness checks;
 * :mod:`~lipsim_metric.evaluation.pair_agreement` -- agreement with held-out teacher pair labels.
 
 The first three lived in :mod:`lipsim_metric.train` before; the old paths are deprecated aliases
