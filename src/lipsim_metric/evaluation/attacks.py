@@ -294,7 +294,7 @@ def attack_2afc(
     }[method]
     # A triplet is finished once its judgement flips: cross-entropy above log 2 means the target's logit -d is
     # strictly below the other one (d strictly larger), and a negative margin means the same.
-    stops = {ce_loss: math.log(2.0), margin_loss: 0.0}
+    stops: dict[Objective, float] = {ce_loss: math.log(2.0), margin_loss: 0.0}
     best_margin = signed_margin(d0, d1, target_t)
     broken = _judgement(d0, d1) != target_t
     best_x = ref.clone()

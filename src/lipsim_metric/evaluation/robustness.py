@@ -319,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             print(retrieval["markdown"])
             return 0
         if not args.soundness_only:
+            assert dataset is not None  # --triplets is required without --soundness-only (parser.error above)
             manifest = dataset.manifest
             dataset_id = (f"{args.triplets} (version {manifest.get('version')}, "
                           f"sha256 {str(manifest.get('sha256'))[:12]})")

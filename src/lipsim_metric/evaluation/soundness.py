@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -114,4 +114,4 @@ def generated_triplets(image_dir: str | os.PathLike[str], n: int, seed: int, siz
 
     photos = PhotoCropDataset(image_dir, size=size, train=False)
     specs = make_distortion_triplets(len(photos), np.random.default_rng(seed), n)
-    return DistortionTripletDataset(photos, specs)
+    return DistortionTripletDataset(cast(Sequence[torch.Tensor], photos), specs)  # indexable (3, S, S) images
