@@ -162,6 +162,10 @@ class _CachedRescale(nn.Module):
     def _param(self) -> torch.Tensor:
         return next(self.parameters(recurse=False))
 
+    # Run eagerly under torch.compile: the cache lookup is Python state (keys, versions) that Dynamo would otherwise
+    # guard on, recompiling every layer once its cache fills (and hitting the recompile limit). The convolutions that
+    # use the folded weights stay in the compiled graph.
+    @torch.compiler.disable
     def _folded(self) -> tuple[torch.Tensor, ...]:
         ref = self._param()
         out_dtype = torch.promote_types(ref.dtype, torch.float32)

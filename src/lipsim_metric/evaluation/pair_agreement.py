@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m for m in args.metrics.split(",") if m]:
         if name == "lipsim":
             for w in args.weights or [None]:
-                label = "lipsim" if w is None else f"lipsim:{Path(w).stem}"
+                # a file's stem names it, unless several files share it (runs/*/student.safetensors)
+                stems = [Path(x).stem for x in args.weights]
+                label = "lipsim" if w is None else f"lipsim:{Path(w).stem if stems.count(Path(w).stem) == 1 else w}"
                 metric = build_metric("lipsim", weights=w) if w else build_metric("lipsim")
                 distances[label] = pair_distances(metric.eval(), data, progress=not args.quiet)
         elif name not in teachers:
