@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lipsim_metric import LipSim
-from lipsim_metric.io import find_images, load_image
+from lipsim_metric.images import find_images, load_image
 
 SIDE = 224
 Distortion = Callable[[torch.Tensor, int], torch.Tensor]

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lipsim_metric.train.baselines import build_metric
+from lipsim_metric.evaluation.baselines import build_metric
 from lipsim_metric.train.data import PhotoCropDataset
 
 

@@ -24,7 +24,7 @@ Outputs in ``--out-dir``: ``results.json`` (configuration, machine, date, every 
 
 References: LipSim -- Ghazanfari et al., ICLR 2024, arXiv:2310.18274. LPIPS -- Zhang et al., CVPR 2018,
 arXiv:1801.03924. PSNR and SSIM (Wang et al., IEEE TIP 2004; Gaussian 11x11 window, sigma 1.5, per RGB channel)
-are those of :mod:`lipsim_metric.train.baselines`.
+are those of :mod:`lipsim_metric.evaluation.baselines`.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ import torch
 from torch import nn
 
 from lipsim_metric import LipSim
-from lipsim_metric.io import find_images, load_image
-from lipsim_metric.train.baselines import NegativePSNR, ssim
+from lipsim_metric.evaluation.baselines import NegativePSNR, ssim
+from lipsim_metric.images import find_images, load_image
 
 SHARED_DIR = Path(os.environ.get("LIPSIM_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 LOSSES = ("l1", "l2", "lipsim", "lpips-vgg")

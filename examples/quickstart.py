@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lipsim_metric import LipSim
-from lipsim_metric.io import load_image
+from lipsim_metric.images import load_image
 
 
 def synthetic_image(size: int = 128) -> torch.Tensor:

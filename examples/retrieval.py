@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lipsim_metric import LipSim
-from lipsim_metric.io import find_images, load_image
+from lipsim_metric.images import find_images, load_image
 from lipsim_metric.preprocess import to_backbone_input
 from lipsim_metric.retrieval import EmbeddingIndex
 from lipsim_metric.train.distortions import sample_distortion

@@ -2,7 +2,7 @@
 
 A triplet is a reference photo and two distorted copies (``x0``: blur, ``x1``: noise). Each metric judges which copy
 is closer to the reference. An attacker then perturbs the *reference* (l2 PGD, Madry et al. 2018, via
-:func:`lipsim_metric.train.attacks.attack_2afc`) within budgets ``eps`` -- l2 norms in [0, 1] pixel units over all
+:func:`lipsim_metric.evaluation.attacks.attack_2afc`) within budgets ``eps`` -- l2 norms in [0, 1] pixel units over all
 pixels and channels; at 224x224, eps = 1 is an RMS change of 0.66 of one 8-bit level -- and tries to flip the
 judgement. LPIPS-Alex (Zhang et al., CVPR 2018) is not robust: tiny budgets usually flip it. LipSim is 1-Lipschitz:
 ``LipSim.certify_2afc`` returns a radius below which *no* perturbation of the reference can flip its judgement, so
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from lipsim_metric import LipSim
-from lipsim_metric.io import find_images, load_image
-from lipsim_metric.train.attacks import attack_2afc
+from lipsim_metric.evaluation.attacks import attack_2afc
+from lipsim_metric.images import find_images, load_image
 from lipsim_metric.train.distortions import sample_distortion
 from lipsim_metric.train.teachers import build_distance_teacher
 

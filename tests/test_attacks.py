@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lipsim_metric import LipSim
-from lipsim_metric.train.attacks import (
+from lipsim_metric.evaluation.attacks import (
     TWO_AFC_METHODS,
     TwoAFCModel,
     attack_2afc,
@@ -20,8 +20,8 @@ from lipsim_metric.train.attacks import (
     perturb_to_maximize,
     perturbation_norm,
 )
-from lipsim_metric.train.baselines import build_metric, gaussian_window, ssim
-from lipsim_metric.train.robustness import (
+from lipsim_metric.evaluation.baselines import build_metric, gaussian_window, ssim
+from lipsim_metric.evaluation.robustness import (
     AttackConfig,
     generated_triplets,
     main,
@@ -220,7 +220,7 @@ def test_check_certificates_runs_only_the_selected_checks(metric) -> None:
 
 
 def test_soundness_check_resumes_from_its_cache(metric, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lipsim_metric.train.attacks as attacks
+    import lipsim_metric.evaluation.attacks as attacks
 
     data = TinyTripletSet(5)
     cache = tmp_path / "soundness_cache.json"
@@ -467,7 +467,7 @@ def test_retrieval_run_on_a_triplet_set(metric, tmp_path: Path) -> None:
 
 def test_finished_samples_are_not_evaluated_again(mse) -> None:
     """stop_above: samples already past the goal leave the batch; the others get the same result as without it."""
-    from lipsim_metric.train.attacks import _apgd_run, _pgd_run
+    from lipsim_metric.evaluation.attacks import _apgd_run, _pgd_run
 
     ref, x0, x1 = triplets(6, seed=21)
     target = judgement(mse, ref, x0, x1)

@@ -5,6 +5,7 @@ Speed itself is never asserted here (CONVENTIONS.md, habit 8): the figures come 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -107,3 +108,18 @@ def test_results_file_appends(bench: ModuleType, tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     assert text.index("## first") < text.index("## second")
     assert text.count("# Benchmark results") == 1
+
+
+def test_one_script_per_question_runs_its_section_alone(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("lipsim_bench_model", BENCH.with_name("bench_model.py"))
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--quick", "--models", "lipsim-fast", "--batch-sizes", "1", "--dtypes", "fp32", "--device", "cpu",
+            "--seconds", "0"]
+    assert script.main(argv) == 0
+    report = capsys.readouterr().out
+    assert "python benchmarks/bench.py --sections model --quick" in report  # the equivalent driver command
+    assert "| " + " | ".join(bench.MODEL_COLUMNS) + " |" in report and "### Training throughput" not in report
+    for name in ("bench_model", "bench_train", "bench_resize", "bench_cli"):  # every section has its own script
+        assert callable(importlib.import_module(name).main)

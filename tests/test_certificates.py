@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from conftest import SMALL_BACKBONE
 from lipsim_metric import LipSim, create_backbone
 from lipsim_metric.certificates import FLOAT_TOLERANCE, invert_norm_bound
+from lipsim_metric.evaluation.attacks import attack_2afc, signed_margin
 from lipsim_metric.preprocess import input_operator_norm, resize_operator_norm
 from lipsim_metric.pretrained import save_weights
 from lipsim_metric.testing import assert_one_lipschitz
-from lipsim_metric.train.attacks import attack_2afc, signed_margin
 from soundness_fixtures import tight_lipsim, triplets
 
 
@@ -81,7 +81,7 @@ def _triplets(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, torch.Te
 
 
 def l2_pgd_on_reference(metric: LipSim, ref, x0, x1, eps: torch.Tensor, steps: int = 25, restarts: int = 2):
-    """l2 PGD with random restarts on the reference (the shared implementation, ``lipsim_metric.train.attacks``).
+    """l2 PGD with random restarts on the reference (the shared implementation, ``lipsim_metric.evaluation.attacks``).
 
     Returns the smallest signed margin found for the clean judgement (negative: flipped) and the perturbed references,
     which stay in [0, 1] and inside ``eps``.

@@ -20,7 +20,7 @@ from PIL import Image
 
 from lipsim_metric import LipSim, create_backbone
 from lipsim_metric.cli import main
-from lipsim_metric.io import load_image
+from lipsim_metric.images import load_image
 from lipsim_metric.pretrained import save_weights
 
 RNG = np.random.default_rng(1)

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from lipsim_metric import LipSim, create_backbone
 from lipsim_metric import cli as cli_module
 from lipsim_metric.cli import main
-from lipsim_metric.io import load_image
+from lipsim_metric.images import load_image
 from lipsim_metric.pretrained import save_weights
 
 TINY = {"input_size": 64, "embed_dim": 256, "linear_hidden": 64}

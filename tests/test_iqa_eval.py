@@ -15,12 +15,12 @@ import torch
 
 from iqa_fixtures import MAKERS, make_bapps_2afc, make_bapps_jnd, make_night, make_rated_csv
 from lipsim_metric import LipSim
+from lipsim_metric.evaluation.attacks import attack_distance
 from lipsim_metric.evaluation.certified_order import certified_order_shares, distance_shift_bound
 from lipsim_metric.evaluation.iqa import load_task, parse_shard
 from lipsim_metric.evaluation.iqa_datasets import load_kadid10k
-from lipsim_metric.io import load_image
+from lipsim_metric.images import load_image
 from lipsim_metric.train import evaluate as E
-from lipsim_metric.train.attacks import attack_distance
 
 REPO = Path(__file__).resolve().parents[1]
 

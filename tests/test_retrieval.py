@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from lipsim_metric import LipSim
-from lipsim_metric.io import load_image
+from lipsim_metric.evaluation.attacks import perturb_to_maximize, perturbation_norm
+from lipsim_metric.images import load_image
 from lipsim_metric.retrieval import EmbeddingIndex, certified_top1_embeddings, gallery_distances
-from lipsim_metric.train.attacks import perturb_to_maximize, perturbation_norm
 
 
 @pytest.fixture(scope="module")

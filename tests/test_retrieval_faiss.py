@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lipsim_metric import LipSim
+from lipsim_metric.evaluation.attacks import perturb_to_maximize, perturbation_norm
 from lipsim_metric.retrieval import EmbeddingIndex, certified_top1_embeddings, gallery_distances
 from lipsim_metric.retrieval_faiss import certified_top1_from_candidates, unreturned_margin_bound
-from lipsim_metric.train.attacks import perturb_to_maximize, perturbation_norm
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,8 @@ def test_faiss_index_answers_like_the_exact_index_and_resists_attack(metric: Lip
         others = d.scatter(1, best[:, None], float("inf"))
         return d.gather(1, best[:, None])[:, 0] - others.min(dim=1).values  # > 0: another item is nearer
 
-    adv = perturb_to_maximize(objective, queries, 0.999 * top.radius, "l2", "ensemble", steps=10, restarts=1).adversarial
+    adv = perturb_to_maximize(objective, queries, 0.999 * top.radius, "l2", "ensemble", steps=10,
+                              restarts=1).adversarial
     assert torch.all(perturbation_norm(adv, queries, "l2") <= 0.999 * top.radius * (1 + 1e-5) + 1e-5)
     assert torch.equal(exact.search(adv, k=1).indices[:, 0], top.item)  # never changes inside the radius
 

@@ -10,7 +10,7 @@ import torch
 
 from lipsim_metric import DEFAULT_WEIGHTS, LipSim, get_pretrained_cfg, list_pretrained
 from lipsim_metric.cli import main as cli_main
-from lipsim_metric.io import load_image
+from lipsim_metric.images import load_image
 from lipsim_metric.pretrained import resolve_weights, sha256_file
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -17,7 +17,8 @@ different radii), ``grayscale`` (1-channel input, radii in gray units), ``[-1,1]
 a deep copy, whose certificates are then checked). The last three also require the certificates to be *equal* to those
 of a fresh metric with the same weights: certificates must not depend on the call history.
 
-One attack implementation: :func:`lipsim_metric.train.attacks.perturb_to_maximize` (PGD; the slow matrix adds APGD).
+One attack implementation: :func:`lipsim_metric.evaluation.attacks.perturb_to_maximize` (PGD; the slow matrix adds
+APGD).
 Every flip count must be 0. The default suite runs a fast subset (one weight file, one photo, few steps); the full
 matrix is ``pytest -m slow tests/test_soundness_matrix.py``.
 """
@@ -38,9 +39,9 @@ from torch import Tensor
 from conftest import SHARED
 from lipsim_metric import DEFAULT_WEIGHTS, LipSim, get_pretrained_cfg, list_pretrained
 from lipsim_metric.certificates import cosine_distance
-from lipsim_metric.io import load_image
+from lipsim_metric.evaluation.attacks import perturb_to_maximize, perturbation_norm, signed_margin
+from lipsim_metric.images import load_image
 from lipsim_metric.retrieval import EmbeddingIndex, gallery_distances
-from lipsim_metric.train.attacks import perturb_to_maximize, perturbation_norm, signed_margin
 from soundness_fixtures import val_photos
 
 SHIPPED = [n for n in list_pretrained() if get_pretrained_cfg(n).sha256 is not None]

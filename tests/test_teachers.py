@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lipsim_metric.train import teachers as T
+from lipsim_metric.train.teachers import weights as W
 
 DATA_DIR = Path(__file__).parent / "data"
 GOLDEN = json.loads((DATA_DIR / "teacher_golden.json").read_text())
@@ -119,7 +120,7 @@ def test_identity_and_symmetry(name: str, pairs: tuple[torch.Tensor, torch.Tenso
 @pytest.mark.parametrize("name", DISTANCES)
 def test_cached_features_give_the_same_distance(name: str, pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
     """features() + distance_from_features() (what attacks use to embed fixed candidates once) == forward()."""
-    from lipsim_metric.train.attacks import _distances_to_pair
+    from lipsim_metric.evaluation.attacks import _distances_to_pair
 
     x0, x1 = pairs
     metric = teacher(name)
@@ -131,7 +132,7 @@ def test_cached_features_give_the_same_distance(name: str, pairs: tuple[torch.Te
     torch.testing.assert_close(d0, metric(x0, x1), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(d1, metric(x0, x0), rtol=1e-5, atol=1e-6)
     # the retrieval experiment's gallery cache: (queries, gallery) distance matrix
-    from lipsim_metric.train.robustness import _all_distances
+    from lipsim_metric.evaluation.robustness import _all_distances
 
     with torch.no_grad():
         matrix = _all_distances(metric, x1)(x0)
@@ -250,7 +251,7 @@ def test_trunk_from_torchvision_cache(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    torch.save(full, cache / Path(T.torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url).name)
+    torch.save(full, cache / Path(W.torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url).name)
     features = T.load_alexnet_features(download=False)
     assert torch.equal(features[10].weight, state["features.10.weight"])
 
@@ -274,12 +275,12 @@ def test_missing_weights_name_every_option(tmp_path: Path, monkeypatch: pytest.M
 
 def test_missing_heads_and_alpha_beta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Hide any installed reference packages so only the error path remains.
-    monkeypatch.setattr(T, "_package_file", lambda *args: None)
-    monkeypatch.setattr(T.importlib.util, "find_spec", lambda name, *args: None)
+    monkeypatch.setattr(W, "_package_file", lambda *args: None)
+    monkeypatch.setattr(W.importlib.util, "find_spec", lambda name, *args: None)
     with pytest.raises(FileNotFoundError, match="heads_path=.*pip install lpips"):
-        T._load_lpips_heads("alex", None, (64, 192, 384, 256, 256))
+        W._load_lpips_heads("alex", None, (64, 192, 384, 256, 256))
     with pytest.raises(FileNotFoundError, match="alpha_beta_path=.*pip install DISTS_pytorch"):
-        T._load_dists_alpha_beta(None)
+        W._load_dists_alpha_beta(None)
 
 
 @needs_weights
@@ -312,7 +313,7 @@ def test_lpips_heads_from_installed_package(tmp_path: Path, monkeypatch: pytest.
     torch.save(heads, package / "weights" / "v0.1" / "alex.pth")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "lpips", raising=False)
-    loaded = T._load_lpips_heads("alex", None, (64, 192, 384, 256, 256))
+    loaded = W._load_lpips_heads("alex", None, (64, 192, 384, 256, 256))
     assert all(torch.equal(loaded[k], heads[k]) for k in heads)
 
 

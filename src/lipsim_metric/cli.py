@@ -1,8 +1,8 @@
 """``lipsim-score``: LipSim distances and certified radii between two folders of images (or two image files).
 
-Images are paired by relative path (:func:`lipsim_metric.io.pair_images`), decoded and resized in DataLoader workers
-(:class:`lipsim_metric.io.ImagePairDataset`) and scored in batches by one :class:`lipsim_metric.LipSim` model. Radii
-are reported for the original images (see :mod:`lipsim_metric.io` for the resize accounting). Run
+Images are paired by relative path (:func:`lipsim_metric.images.pair_images`), decoded and resized in DataLoader workers
+(:class:`lipsim_metric.images.ImagePairDataset`) and scored in batches by one :class:`lipsim_metric.LipSim` model. Radii
+are reported for the original images (see :mod:`lipsim_metric.images` for the resize accounting). Run
 ``lipsim-score --help`` for the options and exit codes.
 """
 
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .backbones import list_backbones
 from .cli_output import FIELDS, commit_json, open_writer, read_previous
-from .io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImagePairDataset, pair_images
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImagePairDataset, pair_images
 from .metric import LipSim
 from .preprocess import input_operator_norm
 from .pretrained import DEFAULT_WEIGHTS, list_pretrained

@@ -35,7 +35,7 @@ from .cli import (
     read_list_csv,
 )
 from .cli_output import TRIPLET_FIELDS, commit_json, open_writer, read_previous
-from .io import ImageTooLargeError, load_image_resized, pair_images
+from .images import ImageTooLargeError, load_image_resized, pair_images
 from .metric import LipSim
 from .preprocess import input_operator_norm
 
@@ -45,7 +45,7 @@ Triplet = tuple[Path, Path, Path, str]
 
 
 class TripletDataset(Dataset):
-    """``(ref, x0, x1)`` image triplets decoded and resized like :class:`lipsim_metric.io.ImagePairDataset`."""
+    """``(ref, x0, x1)`` image triplets decoded and resized like :class:`lipsim_metric.images.ImagePairDataset`."""
 
     def __init__(self, triplets: list[Triplet], size: int, max_pixels: int | None = None) -> None:
         self.triplets, self.size, self.max_pixels = triplets, int(size), max_pixels

@@ -33,6 +33,7 @@ from .pretrained import (
     read_weights_metadata,
     resolve_weights,
 )
+from .reduction import Reduction, check_reduction, reduce_distances
 
 __all__ = ["LipSim", "DistanceResult", "EmbeddingResult"]
 
@@ -263,14 +264,14 @@ class LipSim(nn.Module):
 
     @overload
     def forward(self, x0: torch.Tensor, x1: torch.Tensor, return_radius: Literal[False] = ...,
-                threshold: float = ...) -> torch.Tensor: ...
+                threshold: float = ..., reduction: Reduction = ...) -> torch.Tensor: ...
 
     @overload
     def forward(self, x0: torch.Tensor, x1: torch.Tensor, return_radius: Literal[True],
-                threshold: float = ...) -> DistanceResult: ...
+                threshold: float = ..., reduction: Literal["none"] = ...) -> DistanceResult: ...
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor, return_radius: bool = False,
-                threshold: float = 0.0) -> torch.Tensor | DistanceResult:
+                threshold: float = 0.0, reduction: Reduction = "none") -> torch.Tensor | DistanceResult:
         """Cosine distance between the embeddings of ``x0`` and ``x1``.
 
         Args:
@@ -278,16 +279,21 @@ class LipSim(nn.Module):
             x1: images of the same shape as ``x0`` (``N`` must match; ``H, W`` may differ).
             return_radius: also return certified radii (computed in float32, autocast disabled).
             threshold: the decision threshold the radius certifies (see :class:`DistanceResult`).
+            reduction: ``"none"`` (default, ``(N,)``), ``"mean"`` or ``"sum"`` of the distances (0-dim); only
+                ``"none"`` with ``return_radius`` (a radius belongs to one pair and is never reduced).
 
         Returns:
-            Distances ``(N,)``, or a :class:`DistanceResult` when ``return_radius``.
+            Distances ``(N,)`` (reduced as asked), or a :class:`DistanceResult` when ``return_radius``.
         """
         x0, x1 = self._check(x0, "x0"), self._check(x1, "x1")
         threshold = check_threshold(threshold)
+        if check_reduction(reduction) != "none" and return_radius:
+            raise ValueError(f"reduction={reduction!r} applies to distances only; radii are per pair. Pass "
+                             "reduction='none' with return_radius=True and reduce result.distance yourself.")
         if x0.shape[0] != x1.shape[0]:
             raise ValueError(f"x0 and x1 must have the same batch size, got {x0.shape[0]} and {x1.shape[0]}")
         if not return_radius:
-            return cosine_distance(self._embed(x0).embedding, self._embed(x1).embedding)
+            return reduce_distances(cosine_distance(self._embed(x0).embedding, self._embed(x1).embedding), reduction)
         r0, r1 = self._embed_fp32(x0), self._embed_fp32(x1)
         dist = cosine_distance(r0.embedding, r1.embedding)
         kw = dict(threshold=threshold, projection=self.projection, constant=self.constant)

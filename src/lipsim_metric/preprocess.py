@@ -66,8 +66,8 @@ def validate_images(x: object, name: str, input_range: str = "[0,1]", check_valu
     if x.device.type == "meta":
         raise ValueError(
             f"{name} is on the 'meta' device, which holds shapes but no values, so there is nothing to score. "
-            f"Load real images (e.g. lipsim_metric.io.load_image), or materialise the tensor on a real device first "
-            f"(torch.empty_like({name}, device='cpu') and fill it)."
+            f"Load real images (e.g. lipsim_metric.images.load_image), or materialise the tensor on a real device "
+            f"first (torch.empty_like({name}, device='cpu') and fill it)."
         )
     if not torch.is_floating_point(x):
         raise TypeError(

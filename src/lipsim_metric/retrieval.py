@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .certificates import Projection, certify_2afc_embeddings, cosine_distance
-from .io import find_images, load_image
+from .images import find_images, load_image
 from .metric import EmbeddingResult, LipSim
 from .preprocess import to_backbone_input
 
@@ -207,7 +207,7 @@ class EmbeddingIndex:
     @classmethod
     def from_folder(cls, metric: LipSim, folder: str | os.PathLike[str], batch_size: int = 32,
                     recursive: bool = True) -> EmbeddingIndex:
-        """Embed every image file of a folder (:func:`lipsim_metric.io.find_images`); names are relative paths.
+        """Embed every image file of a folder (:func:`lipsim_metric.images.find_images`); names are relative paths.
 
         Each image is resized to ``metric.input_size`` with LipSim's own resize, so its embedding is the one LipSim
         computes from the original file.

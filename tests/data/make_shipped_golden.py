@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lipsim_metric import DEFAULT_WEIGHTS, LipSim
-from lipsim_metric.io import load_image
+from lipsim_metric.images import load_image
 
 HERE = Path(__file__).resolve().parent
 IMAGES = HERE.parents[1] / "examples" / "images"

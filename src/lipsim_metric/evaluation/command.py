@@ -88,7 +88,7 @@ def _barrier() -> None:
 
 def run_iqa(args: argparse.Namespace) -> int:
     """Run the sub-command; returns the exit status (0, or 2 for bad arguments and missing files)."""
-    from ..train.baselines import METRICS, build_metric
+    from .baselines import METRICS, build_metric
 
     names = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..io import IMAGE_EXTENSIONS, load_image
+from ..images import IMAGE_EXTENSIONS, load_image
 
 __all__ = ["twoafc_score", "jnd_average_precision", "BAPPSJNDDataset", "NIGHT_TEST_SPLITS"]
 

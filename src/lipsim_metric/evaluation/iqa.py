@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from ..certificates import cosine_distance
-from ..io import load_image
+from ..images import load_image
 from ..metric import EmbeddingResult, LipSim
 from .human_2afc import NIGHT_TEST_SPLITS, BAPPSJNDDataset
 from .iqa_datasets import IQA_LOADERS, IQADataset, load_rated_csv

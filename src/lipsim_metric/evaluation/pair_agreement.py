@@ -10,7 +10,7 @@ The held-out set is a pair label set (:mod:`lipsim_metric.train.labels`) built o
   the same way.
 
 Teachers' own figures come from the stored labels (no teacher runs); other metrics are computed on the re-rendered
-images (:func:`lipsim_metric.train.baselines.build_metric`).
+images (:func:`lipsim_metric.evaluation.baselines.build_metric`).
 
 Command::
 
@@ -108,8 +108,8 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..train.baselines import build_metric
     from ..train.labels import PairLabelSet
+    from .baselines import build_metric
 
     parser = argparse.ArgumentParser(prog="python -m lipsim_metric.evaluation.pair_agreement", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,4 +1,4 @@
-"""Tests for lipsim_metric.io: decoding, finding and pairing images, and the pair dataset."""
+"""Tests for lipsim_metric.images: decoding, finding and pairing images, and the pair dataset."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from lipsim_metric.io import (
+from lipsim_metric.images import (
     IMAGE_EXTENSIONS,
     ImagePairDataset,
     find_images,
@@ -224,7 +224,7 @@ def test_pair_input_norm() -> None:
 
 
 def test_load_image_resized_equals_lipsim_resize(tmp_path: Path) -> None:
-    from lipsim_metric.io import load_image_resized
+    from lipsim_metric.images import load_image_resized
 
     path = save_rgb(tmp_path / "a.png", 50, 70)
     image, shape, channels = load_image_resized(path, 32)
@@ -238,7 +238,7 @@ def test_load_image_resized_equals_lipsim_resize(tmp_path: Path) -> None:
 def test_strip_resize_of_large_images_matches_the_full_resize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               mode: str) -> None:
     """Huge images are resized strip by strip from the 8-bit decode; same operator, equal up to float rounding."""
-    import lipsim_metric.io as io_module
+    import lipsim_metric.images as io_module
 
     path = tmp_path / "big.png"
     Image.fromarray(noise(301, 457)).convert(mode).save(path)
@@ -253,7 +253,7 @@ def test_strip_resize_of_large_images_matches_the_full_resize(tmp_path: Path, mo
 def test_pixel_limit_is_named_not_called_corrupt(tmp_path: Path) -> None:
     from PIL import Image as PILImage
 
-    from lipsim_metric.io import ImageTooLargeError
+    from lipsim_metric.images import ImageTooLargeError
 
     path = save_rgb(tmp_path / "a.png", 20, 30)
     with pytest.raises(ImageTooLargeError, match=r"30x20 = 600 pixels, above the pixel limit of 599") as info:

@@ -1,0 +1,57 @@
+"""Tiny image fixtures shared by the data tests (test_photos, test_shards, test_human_2afc, test_triplets,
+test_valsets): deterministic noise photos and solid images written into tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a - b) ** 2).mean(dim=(1, 2, 3))
+
+
+def mae(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().mean(dim=(1, 2, 3))
+
+
+TEACHERS = {"mse": mse, "mae": mae}
+
+
+def save_image(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return path
+
+
+def solid(path: Path, rgb: tuple[int, int, int], size: tuple[int, int] = (12, 12)) -> Path:
+    """Write a solid-colour image of (width, height) = size."""
+    return save_image(path, np.broadcast_to(np.array(rgb, dtype=np.uint8), (size[1], size[0], 3)).copy())
+
+
+def noise_image(path: Path, seed: int, width: int = 40, height: int = 30) -> Path:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(4, 4, 3)).astype(np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+
+
+def make_photo_dir(tmp_path: Path) -> Path:
+    """Five photos of mixed formats and sizes (two in ``sub/``), a text file and a hidden image."""
+    root = tmp_path / "photos"
+    noise_image(root / "b.jpg", 1)
+    noise_image(root / "a.PNG", 2, 30, 40)
+    noise_image(root / "sub" / "c.bmp", 3)
+    noise_image(root / "sub" / "d.webp", 4)
+    noise_image(root / "e.jpeg", 5)
+    (root / "notes.txt").write_text("not an image")
+    noise_image(root / ".hidden.jpg", 6)
+    return root
+
