@@ -61,6 +61,9 @@ Combinations: with probability ``combine_probability`` :func:`sample_distortion`
 and applies them in the drawn order, each at strength ``COMBINATION_SCALE * strength`` (0.7, so the two effects
 together are of the order of one family at ``strength`` when their squared distances add).
 
+Size: this module is longer than the project's ~600-line guide on purpose: it is one registry (the two tables above)
+of 24 small sampler/applier pairs plus the sampling logic, and the tables document exactly what is in this file.
+
 Determinism: :func:`sample_distortion` draws a fixed number of values from the ``numpy.random.Generator`` whatever
 the strength, and stores every random choice (including a seed for the noise pattern) in ``Distortion.params``,
 so ``Distortion.apply`` is a pure function of the image. The same rng state therefore gives the same distortion
