@@ -290,8 +290,8 @@ def _pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distan
     e = emb.view(b, k + 1, -1)
     d_student = cosine_distance(e[:, :1].expand(-1, k, -1).flatten(0, 1), e[:, 1:].flatten(0, 1)).view(b, k)
     score = (d_student + 1e-6).log()
-    z = consensus(distances)  # (b, k)
     teacher = consensus.standardised(distances)  # (b, T, k)
+    z = teacher.mean(dim=1)  # the consensus, (b, k): consensus(distances) without standardising twice
     loss = d_student.new_zeros(())
     if cfg.corr_weight > 0:
         corr = correlation_loss(score, z)

@@ -328,8 +328,8 @@ def label_set_info(root: PathLike) -> dict[str, Any]:
         refs += len(i)
         dists.append(d.flatten(1))
         specs.extend(s)
-    families = Counter(Distortion.from_dict(s).name.split("+")[0] if "+" not in Distortion.from_dict(s).name
-                       else "combination" for s in specs)
+    names = (Distortion.from_dict(s).name for s in specs)
+    families = Counter("combination" if "+" in name else name for name in names)
     info: dict[str, Any] = {"references": refs, "pairs": len(specs), "teachers": manifest["teachers"],
                             "families": dict(sorted(families.items()))}
     if dists:
