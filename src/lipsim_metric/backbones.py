@@ -24,6 +24,7 @@ Registered variants:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -119,6 +120,9 @@ class FastBackbone(LipschitzBackbone):
             and block spreads, twice the features; the spreads see noise, grain and blocking that block means
             average away).
         channel_scale: learned per-channel weights in (0, 1) on the pooled maps (:class:`ChannelScale`).
+        pixel_weight: ``a`` in ``[0, 1)``; when positive the output is ``[sqrt(1 - a^2) F(x); a (x - mu)]``: the
+            convolutional features ``F(x)`` (after ``embed_dim`` truncation) followed by the mean-shifted pixels
+            (``3 S^2`` more coordinates). See :meth:`forward` for why this stays 1-Lipschitz and what it buys.
     """
 
     def __init__(
@@ -133,7 +137,10 @@ class FastBackbone(LipschitzBackbone):
         input_size: int = 224,
         pooling: str = "sum",
         channel_scale: bool = False,
+        pixel_weight: float = 0.0,
     ) -> None:
+        if not 0.0 <= pixel_weight < 1.0:
+            raise ValueError(f"pixel_weight must be in [0, 1), got {pixel_weight}")
         if input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
         if pooling not in ("sum", "mean_std"):
@@ -144,7 +151,10 @@ class FastBackbone(LipschitzBackbone):
         embed_dim = features if embed_dim is None else embed_dim
         if embed_dim > features:
             raise ValueError(f"embed_dim={embed_dim} exceeds the {features} features available")
-        super().__init__("lipsim-fast", input_size, embed_dim, input_shift=_IMAGENET_MEAN)
+        pixels = 3 * input_size**2 if pixel_weight else 0
+        super().__init__("lipsim-fast", input_size, embed_dim + pixels, input_shift=_IMAGENET_MEAN)
+        self.feature_dim = embed_dim  # F(x) coordinates; the pixel part follows them
+        self.pixel_weight = float(pixel_weight)
         self.stage1 = nn.Sequential(PixelUnshuffle(4), *[SLLConv2d(c1, stage1_hidden) for _ in range(stage1_depth)])
         self.stage2 = nn.Sequential(PixelUnshuffle(2), *[SLLConv2d(c2, stage2_hidden) for _ in range(stage2_depth)])
         pool: list[nn.Module] = [SumPool2d(4) if pooling == "sum" else MeanStdPool2d(4)]
@@ -152,8 +162,28 @@ class FastBackbone(LipschitzBackbone):
             pool.append(ChannelScale(pooled))
         self.pool = nn.Sequential(*pool, Flatten())
         self.linear = nn.Sequential(*[SLLLinear(features, linear_hidden) for _ in range(linear_depth)])
-        self.trunc = Truncate(embed_dim)
+        self.trunc = Truncate(self.feature_dim)
         self.stages = ("stage1", "stage2", "pool", "linear", "trunc")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``F(x)``, or ``[b F(x); a (x - mu)]`` with ``a = pixel_weight``, ``b = sqrt(1 - a^2)``.
+
+        Lipschitz: ``||[b (F(x) - F(y)); a (x - y)]||^2 = b^2 ||F(x) - F(y)||^2 + a^2 ||x - y||^2 <= (b^2 + a^2)
+        ||x - y||^2 = ||x - y||^2``, since ``F`` is 1-Lipschitz. What the pixel part buys: the map is *injective*
+        (equal outputs force ``x = y``), so no image but the photo itself is at distance 0 from it, whereas block
+        means and spreads alone are matched by a large set of noise images (the feature-inversion blind spot of
+        ``examples/feature_inversion.py``); and a denoiser trained against it cannot leave noise the pooled
+        features do not see. The price: ``3 S^2`` more embedding coordinates (150,528 at 224).
+        """
+        if not self.pixel_weight:
+            return super().forward(x)
+        shift: torch.Tensor = self.input_shift  # type: ignore[assignment]
+        pixels = x - shift.to(x.dtype)
+        feats = pixels
+        for name in self.stages:
+            feats = getattr(self, name)(feats)
+        a = self.pixel_weight
+        return torch.cat([math.sqrt(1.0 - a * a) * feats, a * pixels.flatten(1).to(feats.dtype)], dim=1)
 
 
 _REGISTRY: dict[str, Callable[..., LipschitzBackbone]] = {}

@@ -1,0 +1,70 @@
+"""The pixel branch of ``lipsim-fast`` (``pixel_weight``): ``[sqrt(1 - a^2) F(x); a (x - mu)]``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lipsim_metric import LipSim
+from lipsim_metric.backbones import create_backbone
+from lipsim_metric.pretrained import save_weights
+from lipsim_metric.testing import assert_one_lipschitz
+
+KW = {"input_size": 64, "pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None}
+
+
+def _pair(a: float) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    plain = create_backbone("lipsim-fast", **KW).eval()
+    branched = create_backbone("lipsim-fast", pixel_weight=a, **KW).eval()
+    branched.load_state_dict(plain.state_dict())  # the branch has no parameters
+    return plain, branched
+
+
+def test_output_is_scaled_features_then_scaled_shifted_pixels() -> None:
+    plain, branched = _pair(0.3)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        f, out = plain(x), branched(x)
+    assert branched.embed_dim == plain.embed_dim + 3 * 64 * 64 == out.shape[1]
+    assert branched.feature_dim == plain.embed_dim
+    torch.testing.assert_close(out[:, : f.shape[1]], math.sqrt(1 - 0.09) * f)
+    mu = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    torch.testing.assert_close(out[:, f.shape[1]:], 0.3 * (x - mu).flatten(1))
+
+
+def test_pixel_branch_is_one_lipschitz() -> None:
+    _, branched = _pair(0.6)  # a large weight, so the pixel part's share of a violation would show
+    report = assert_one_lipschitz(branched, points=2, power_iters=15, steps=15)
+    assert report.ratio <= 1.0 + 1e-4
+
+
+def test_differences_split_exactly_into_the_two_parts() -> None:
+    # ||B(x) - B(y)||^2 = (1 - a^2) ||F(x) - F(y)||^2 + a^2 ||x - y||^2: equal outputs force x = y (injective)
+    plain, branched = _pair(0.2)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(3, 3, 64, 64, generator=g), torch.rand(3, 3, 64, 64, generator=g)
+    with torch.no_grad():
+        lhs = (branched(x) - branched(y)).square().sum(1)
+        rhs = 0.96 * (plain(x) - plain(y)).square().sum(1) + 0.04 * (x - y).square().flatten(1).sum(1)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-4, atol=1e-4)
+    assert (lhs >= 0.04 * (x - y).square().flatten(1).sum(1) * (1 - 1e-5)).all()
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
+def test_pixel_weight_out_of_range_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="pixel_weight"):
+        create_backbone("lipsim-fast", pixel_weight=bad, **KW)
+
+
+def test_weights_with_a_pixel_branch_load_and_certify(tmp_path) -> None:
+    _, branched = _pair(0.1)
+    path = save_weights(branched, tmp_path / "pix.safetensors", "lipsim-fast",
+                        backbone_kwargs={**KW, "pixel_weight": 0.1})
+    metric = LipSim(weights=path)
+    assert metric.backbone.pixel_weight == 0.1
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    d = metric(x, x.flip(0))
+    assert (d > 0).all() and metric(x, x).abs().max() < 1e-6
