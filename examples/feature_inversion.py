@@ -7,6 +7,11 @@ photo and on average: the final distance, the distance of a JPEG q30, a Gaussian
 (std 0.03) copy of the photo, the final image's PSNR, and whether the final distance stayed above the JPEG q30 copy's
 (the issue's target: on at least 9 of 10 photos).
 
+A metric whose minimiser the attack can reach (PSNR, or LipSim with its injective pixel branch) ends at the photo
+itself, and then its distance rightly falls below the q30 copy's. So the script also reports the *qualified*
+criterion of the model card: the final image is not called near-identical while still noise, i.e. its distance stays
+above the q30 copy's **or** its PSNR is at least the q30 copy's PSNR ("not_fooled").
+
 Usage (about 2 minutes for LipSim and LPIPS-Alex on 10 photos on 2 CPU cores; LPIPS-VGG is ~10x slower, so give
 it fewer photos with ``--max-photos-slow``)::
 
@@ -98,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             final = metric(x, photos)
             ref = {k: metric(v[:n], photos) for k, v in mild.items()}
         above = (final > ref["jpeg_q30"]).sum().item()
+        psnr_final, psnr_q30 = _psnr(x, photos), _psnr(mild["jpeg_q30"][:n], photos)
+        not_fooled = ((final > ref["jpeg_q30"]) | (psnr_final >= psnr_q30)).sum().item()
         results[name] = {
-            "photos": n, "final_distance": final.tolist(), "psnr_db": _psnr(x, photos).tolist(),
+            "photos": n, "final_distance": final.tolist(), "psnr_db": psnr_final.tolist(),
+            "psnr_jpeg_q30_db": psnr_q30.tolist(), "not_fooled": f"{not_fooled}/{n}",
             **{f"distance_{k}": v.tolist() for k, v in ref.items()},
             "above_jpeg_q30": f"{above}/{n}",
             "mean_final_over_jpeg_q30": float((final / ref["jpeg_q30"].clamp_min(1e-12)).mean()),
@@ -107,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         r = results[name]
         print(f"{name:12s} final {final.mean():.4g}  jpeg_q30 {ref['jpeg_q30'].mean():.4g}  blur_1 "
               f"{ref['blur_1'].mean():.4g}  noise_0.03 {ref['noise_0.03'].mean():.4g}  PSNR "
-              f"{np.mean(r['psnr_db']):.2f} dB  above q30: {r['above_jpeg_q30']}", flush=True)
+              f"{np.mean(r['psnr_db']):.2f} dB  above q30: {r['above_jpeg_q30']}  not fooled (above q30 or "
+              f"PSNR >= q30's {np.mean(r['psnr_jpeg_q30_db']):.1f} dB): {r['not_fooled']}", flush=True)
         finals.append(x[: min(n, 4)])
     if args.out:
         out = Path(args.out)
