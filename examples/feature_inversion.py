@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teachers-dir", default=None, help="LPIPS weights folder (e.g. ../shared/teachers)")
     parser.add_argument("--metrics", default="lipsim,lpips-alex", help="comma-separated (lipsim, lpips-alex, ...)")
     parser.add_argument("--weights", default=None, help="LipSim weights (default: the shipped default)")
+    parser.add_argument("--constant", type=float, default=None, help="LipSim's appended constant (default: LipSim's)")
     parser.add_argument("--photos", type=int, default=10)
     parser.add_argument("--max-photos-slow", type=int, default=3, help="photos for lpips-vgg and dists")
     parser.add_argument("--steps", type=int, default=500)
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m for m in args.metrics.split(",") if m]:
         n = args.photos if name not in ("lpips-vgg", "dists") else min(args.photos, args.max_photos_slow)
         kwargs = {"weights": args.weights} if name == "lipsim" and args.weights else {}
+        if name == "lipsim" and args.constant is not None:
+            kwargs["constant"] = args.constant
         metric = build_metric(name, teachers_dir=args.teachers_dir, **kwargs)
         photos = photos_all[:n]
         x = invert(metric, photos, args.steps, args.lr, args.seed)

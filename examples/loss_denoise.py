@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weight of the L1 term added to the perceptual losses (LipSim, LPIPS-VGG; "
                              "default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    parser.add_argument("--constant", type=float, default=None, help="LipSim's appended constant (default: LipSim's)")
     for key, kind, text in (("steps", int, "training steps per loss"), ("batch_size", int, "crops per step"),
                             ("crop", int, f"crop side in pixels (>= {MIN_CROP})"),
                             ("train_count", int, "training photos loaded (random subset)"),
@@ -348,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
 
     try:
-        lipsim = LipSim(weights=args.weights).to(device)
+        extra = {} if args.constant is None else {"constant": args.constant}
+        lipsim = LipSim(weights=args.weights, **extra).to(device)
     except FileNotFoundError as exc:
         print(f"cannot load LipSim weights: {exc}\nPass --weights <name or .safetensors file>.", file=sys.stderr)
         return 2

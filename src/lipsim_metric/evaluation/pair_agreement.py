@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", default="lipsim", help="comma-separated, e.g. lipsim,psnr,ssim")
     parser.add_argument("--weights", action="append", default=[],
                         help="LipSim weights (name or file); repeat to compare several, each as 'lipsim:<file>'")
+    parser.add_argument("--constant", type=float, default=None,
+                        help="LipSim's appended constant c (LipSim(constant=...)); default: LipSim's")
     parser.add_argument("--teachers-dir", default=None)
     parser.add_argument("--max-refs", type=int, default=None)
     parser.add_argument("--out", required=True)
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 # a file's stem names it, unless several files share it (runs/*/student.safetensors)
                 stems = [Path(x).stem for x in args.weights]
                 label = "lipsim" if w is None else f"lipsim:{Path(w).stem if stems.count(Path(w).stem) == 1 else w}"
-                metric = build_metric("lipsim", weights=w) if w else build_metric("lipsim")
+                kwargs = {} if args.constant is None else {"constant": args.constant}
+                metric = build_metric("lipsim", weights=w, **kwargs) if w else build_metric("lipsim", **kwargs)
                 distances[label] = pair_distances(metric.eval(), data, progress=not args.quiet)
         elif name not in teachers:
             metric = build_metric(name, teachers_dir=args.teachers_dir).eval()
