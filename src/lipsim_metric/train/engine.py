@@ -89,6 +89,7 @@ class TrainConfig:
     distortions_per_ref: int = 4
     min_teacher_gap: float = 0.0  # skip pairs whose teacher distances differ by less than this (ambiguous)
     projection: str = "append"
+    constant: float = 1.0  # the appended coordinate c of the "append" projection; recorded in the exported weights
     # optimisation
     batch_size: int = 16
     lr: float = 1e-3
@@ -190,7 +191,7 @@ def _photo_dataset(cfg: TrainConfig) -> Dataset:
 
 
 def signed_radius(e_ref: torch.Tensor, r_ref: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor,
-                  projection: str = "append") -> torch.Tensor:
+                  projection: str = "append", constant: float = 1.0) -> torch.Tensor:
     """Differentiable signed certified radius of the 2AFC judgement ``(ref, x0, x1)``, in backbone-input units.
 
     Positive when ``x1`` is closer (``d0 > d1``), negative otherwise; its absolute value is exactly the radius of
@@ -200,7 +201,7 @@ def signed_radius(e_ref: torch.Tensor, r_ref: torch.Tensor, e0: torch.Tensor, e1
     """
     gap = ((e_ref * e1).sum(-1) - (e_ref * e0).sum(-1))  # d0 - d1
     rho = gap / torch.linalg.vector_norm(e0 - e1, dim=-1).clamp_min(1e-8)
-    radius = invert_norm_bound(rho.abs(), r_ref.expand_as(rho), projection)  # type: ignore[arg-type]
+    radius = invert_norm_bound(rho.abs(), r_ref.expand_as(rho), projection, constant)  # type: ignore[arg-type]
     return torch.sign(rho) * radius
 
 
@@ -304,7 +305,7 @@ def _pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distan
     if cfg.radius_weight > 0:
         ek = e[:, 1:]
         gaps = signed_radius(e[:, :1, None], norms.view(b, k + 1)[:, :1, None], ek[:, :, None], ek[:, None, :],
-                             cfg.projection)
+                             cfg.projection, cfg.constant)
         hinge, agree2 = _ranking_hinge(d_student, distances.transpose(0, 1), cfg.radius_margin, 0.0, gaps)
         loss = loss + cfg.radius_weight * hinge
         logs["hinge"], logs["pair_agreement"] = hinge.detach(), agree2
@@ -398,7 +399,7 @@ def train(cfg: TrainConfig) -> Path:
         if acc.is_main_process:
             net = acc.unwrap_model(student)
             save_weights(net, path, cfg.variant, dtype=getattr(torch, cfg.export_dtype),
-                         backbone_kwargs=backbone_kwargs, projection=cfg.projection,
+                         backbone_kwargs=backbone_kwargs, projection=cfg.projection, constant=cfg.constant,
                          training=json.dumps({"stage": cfg.stage, "step": state["step"],
                                               "embedding_teacher": cfg.embedding_teacher,
                                               "distance_teachers": cfg.distance_teachers,
@@ -437,7 +438,7 @@ def train(cfg: TrainConfig) -> Path:
                 ref, images, b, k = batch, batch, batch.shape[0], 0
             with acc.autocast():
                 feats = student(images)
-            emb, norms = project_embedding(feats.float(), cfg.projection)  # type: ignore[arg-type]
+            emb, norms = project_embedding(feats.float(), cfg.projection, cfg.constant)  # type: ignore[arg-type]
             logs: dict[str, torch.Tensor] = {}  # converted to floats only when logged (no per-step sync)
             loss = feats.new_zeros((), dtype=torch.float32)
             if emb_teacher is not None:
@@ -455,7 +456,7 @@ def train(cfg: TrainConfig) -> Path:
                 keep = y != 0
                 if cfg.radius_margin > 0:
                     n3 = norms.view(b, 3)
-                    gap = signed_radius(e[:, 0], n3[:, 0], e[:, 1], e[:, 2], cfg.projection)
+                    gap = signed_radius(e[:, 0], n3[:, 0], e[:, 1], e[:, 2], cfg.projection, cfg.constant)
                     hinge_all = F.relu(cfg.radius_margin - y * gap) / cfg.radius_margin
                 else:
                     hinge_all = F.relu(cfg.margin - y * (d0 - d1))
@@ -474,7 +475,7 @@ def train(cfg: TrainConfig) -> Path:
                 if cfg.radius_margin > 0:
                     ek = e[:, 1:]  # (b, k, D): copy k plays x0, copy l plays x1 -> positive when l is closer
                     gaps = signed_radius(e[:, :1, None], norms.view(b, k + 1)[:, :1, None], ek[:, :, None],
-                                         ek[:, None, :], cfg.projection)
+                                         ek[:, None, :], cfg.projection, cfg.constant)
                 margin = cfg.radius_margin if gaps is not None else cfg.margin
                 rank, agree = _ranking_hinge(d_student, d_teacher, margin, cfg.min_teacher_gap, gaps)
                 weight = 1.0 if cfg.stage == "finetune" else cfg.rank_weight
