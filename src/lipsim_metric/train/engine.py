@@ -258,7 +258,8 @@ class _Teachers(torch.nn.Module):
         b, k = copies.shape[:2]
         flat = copies.flatten(0, 1)
         out = []
-        for net in self.nets:
+        net: Any
+        for net in self.nets:  # LPIPS / DISTS modules: features() and distance_from_features()
             f_ref = [f.repeat_interleave(k, dim=0) for f in net.features(ref)]
             out.append(net.distance_from_features(f_ref, net.features(flat)))
         return torch.stack(out).view(len(self.nets), b, k)
@@ -339,7 +340,7 @@ def train(cfg: TrainConfig) -> Path:
     emb_teacher = None
     if cfg.regress_weight > 0:
         emb_teacher = build_embedding_teacher(cfg.embedding_teacher, teachers_dir=cfg.teachers_dir)
-        if emb_teacher.embed_dim > student.embed_dim:
+        if int(emb_teacher.embed_dim) > student.embed_dim:  # type: ignore[arg-type]
             raise ValueError(f"teacher {cfg.embedding_teacher} has {emb_teacher.embed_dim} dims but the student "
                              f"only {student.embed_dim}; set backbone_kwargs.embed_dim")
     pairs = cfg.stage == "pairs"
@@ -355,7 +356,7 @@ def train(cfg: TrainConfig) -> Path:
         dataset: Dataset = PairLabelSet(cfg.labels, cfg.labels_images or cfg.train_dir,  # type: ignore[arg-type]
                                         max_refs=cfg.max_images, cache=cfg.num_workers == 0, flip=True)
         consensus = ConsensusTarget(dataset.distances)  # type: ignore[attr-defined]
-        acc.print(f"pair label set {cfg.labels}: {len(dataset)} references x {dataset.cfg.copies} copies, "  # type: ignore[attr-defined]
+        acc.print(f"pair label set {cfg.labels}: {len(dataset)} references x {dataset.cfg.copies} copies, "  # type: ignore[arg-type,attr-defined]
                   f"teachers {dataset.teachers}")  # type: ignore[attr-defined]
     elif human:
         dataset = _human_triplets(cfg.triplets, cfg.image_size)  # type: ignore[arg-type]
