@@ -342,7 +342,7 @@ def test_normalize_projection_certifies_only_where_norm_at_least_one(tmp_path):
     # to the pooled image); a normal one has ||f|| >> 1.
     ref = torch.stack([0.002 * images[0], images[0]])
     x0, x1 = images[1:2].expand(2, -1, -1, -1), images[2:3].expand(2, -1, -1, -1)
-    norm = metric.embed(ref, return_norm=True).norm
+    norm = metric.embed(ref, return_norm=True).augmented_norm
     assert 0.0 < norm[0] < 1.0 <= norm[1]
     cert = metric.certify_2afc(ref, x0, x1)
     assert cert.margin[0] > 1e-3  # a clear decision, so a zero radius comes from the norm condition alone

@@ -34,7 +34,7 @@ def test_embed_is_unit_norm_with_constant_coordinate(metric: LipSim) -> None:
     out = metric.embed(imgs(), return_norm=True)
     assert torch.allclose(out.embedding.norm(dim=1), torch.ones(2), atol=1e-6)
     assert out.embedding.shape[1] == metric.backbone.embed_dim + 1
-    assert torch.all(out.norm >= 1.0)
+    assert torch.all(out.augmented_norm >= 1.0)
 
 
 def test_input_range_and_grayscale_equivalence(metric: LipSim) -> None:

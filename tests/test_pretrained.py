@@ -48,7 +48,7 @@ def test_load_by_path_reads_variant_and_architecture(small_file: Path) -> None:
     P.load_state_dict_strict(ref, small_file)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(m.backbone(x), ref(x))
+        assert torch.allclose(m.backbone(x), ref(x), atol=1e-6)  # eval mode folds in float64, ref in float32
     with pytest.raises(ValueError, match="not 'lipsim-paper-small'"):
         LipSim(weights=small_file, variant="lipsim-paper-small")
 

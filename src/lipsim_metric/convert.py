@@ -56,7 +56,8 @@ import torch
 from torch import nn
 
 from .backbones import create_backbone
-from .pretrained import save_weights, sha256_file
+from .hub import sha256_file
+from .pretrained import save_weights
 from .version import __version__
 
 __all__ = [

@@ -8,13 +8,15 @@ Proofs of every certificate: ``docs/certificates.md``.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, get_args, overload
 
 import torch
 from torch import nn
 
-from .backbones import DEFAULT_BACKBONE, LipschitzBackbone, create_backbone
+from .backbones import DEFAULT_BACKBONE, LipschitzBackbone, list_backbones
 from .certificates import (
     Projection,
     TwoAFCCertificate,
@@ -23,19 +25,15 @@ from .certificates import (
     distance_radius,
     project_embedding,
 )
+from .hub import ResolvedWeights, resolve_pretrained
 from .layers import check_lipschitz_declarations
 from .preprocess import check_input_range, check_threshold, input_operator_norm, to_backbone_input, validate_images
-from .pretrained import (
-    DEFAULT_WEIGHTS,
-    get_pretrained_cfg,
-    list_pretrained,
-    load_state_dict_strict,
-    read_weights_metadata,
-    resolve_weights,
-)
+from .pretrained import DEFAULT_WEIGHTS, PretrainedCfg, default_pretrained, load_state_dict_strict, untrained_cfg
 from .reduction import Reduction, check_reduction, reduce_distances
 
-__all__ = ["LipSim", "DistanceResult", "EmbeddingResult"]
+__all__ = ["LipSim", "DistanceResult", "EmbeddingResult", "create_metric"]
+
+WeightsSpec = str | os.PathLike[str] | PretrainedCfg
 
 
 class _DistancePair(NamedTuple):
@@ -92,11 +90,43 @@ class DistanceResult(_DistancePair):
                 f"radius_x1={self.radius_x1!r})")
 
 
-class EmbeddingResult(NamedTuple):
-    """Unit-norm embeddings ``(N, D')`` and ``norm = ||[f(x); c]||`` ``(N,)`` (used by the tight certificates)."""
-
+class _EmbeddingPair(NamedTuple):
     embedding: torch.Tensor
-    norm: torch.Tensor
+    augmented_norm: torch.Tensor
+
+
+class EmbeddingResult(_EmbeddingPair):
+    """Unit-norm embeddings with the norm of the augmented features they were projected from.
+
+    It unpacks as ``(embedding, augmented_norm)`` (``emb, norm = metric.embed(x, return_norm=True)``).
+
+    Attributes:
+        embedding: unit vectors ``(N, D')``.
+        augmented_norm: ``||[f(x); c]||`` ``(N,)``, the norm of the backbone features with the constant coordinate
+            appended (``||f(x)||`` with ``projection="normalize"``), *not* the norm of ``embedding`` (which is 1);
+            the tight certificates use it (Claim 2 of docs/certificates.md).
+        norm: deprecated alias of ``augmented_norm`` (``DeprecationWarning``).
+    """
+
+    def __new__(cls, embedding: torch.Tensor, augmented_norm: torch.Tensor | None = None, *,
+                norm: torch.Tensor | None = None) -> EmbeddingResult:
+        if norm is not None:
+            if augmented_norm is not None:
+                raise TypeError("EmbeddingResult got both augmented_norm and its deprecated alias norm; pass "
+                                "augmented_norm only")
+            warnings.warn("EmbeddingResult(norm=...) is deprecated; use augmented_norm=...", DeprecationWarning,
+                          stacklevel=2)
+            augmented_norm = norm
+        if augmented_norm is None:
+            raise TypeError("EmbeddingResult needs augmented_norm")
+        return super().__new__(cls, embedding, augmented_norm)
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """Deprecated: the field is :attr:`augmented_norm` (it is ``||[f(x); c]||``, not the embedding's norm)."""
+        warnings.warn("EmbeddingResult.norm is deprecated (it is ||[f(x); c]||, not the norm of the embedding); "
+                      "use .augmented_norm", DeprecationWarning, stacklevel=2)
+        return self.augmented_norm
 
 
 class LipSim(nn.Module):
@@ -108,16 +138,25 @@ class LipSim(nn.Module):
     radii (:meth:`certify_2afc`). The metric's parameters are frozen; gradients flow to the inputs, so it can be used
     as a loss.
 
+    Construction. ``LipSim()`` loads :data:`~lipsim_metric.pretrained.DEFAULT_WEIGHTS`; the timm-style front door
+    is :meth:`from_pretrained` (or :func:`create_metric`). Either way the weights are first resolved to a
+    :class:`~lipsim_metric.pretrained.PretrainedCfg` and a local file (:func:`lipsim_metric.hub.resolve_pretrained`:
+    registered name -> shipped ``weights/`` / ``$LIPSIM_WEIGHTS_DIR`` -> Hugging Face Hub; a path -> its metadata),
+    then the backbone is built from the config and loaded strictly from the file; the config is kept as
+    :attr:`pretrained_cfg`.
+
     Args:
         variant: backbone name (see :func:`lipsim_metric.list_backbones`); default: the variant of ``weights``.
-        weights: a registered name (:func:`lipsim_metric.list_pretrained`) or a path to a ``.safetensors`` file.
-            Default: :data:`lipsim_metric.pretrained.DEFAULT_WEIGHTS`.
+        weights: a registered name (:func:`lipsim_metric.list_pretrained`), a path to a ``.safetensors`` file, or a
+            :class:`~lipsim_metric.pretrained.PretrainedCfg`. Default: :data:`lipsim_metric.pretrained.DEFAULT_WEIGHTS`.
         pretrained: ``False`` builds an untrained (random) network of ``variant``; only when asked for explicitly.
         input_range: ``"[0,1]"`` (default) or ``"[-1,1]"`` (LPIPS convention).
         projection: ``"append"`` (default; append a constant coordinate, then normalise: always certifiable) or
-            ``"normalize"`` (the paper's evaluation protocol; certifiable only where ``||f(x)|| >= 1``).
+            ``"normalize"`` (the paper's evaluation protocol; certifiable only where ``||f(x)|| >= 1``). Default: the
+            one the weights record.
         check_inputs: validate value range and finiteness on every call (one device sync per input).
         cache_dir: Hugging Face cache folder used if the weights must be downloaded.
+        constant: the appended coordinate ``c`` (``projection="append"``), > 0.
 
     Raises:
         FileNotFoundError: the weights cannot be found (never falls back to random weights).
@@ -135,7 +174,7 @@ class LipSim(nn.Module):
     def __init__(
         self,
         variant: str | None = None,
-        weights: str | os.PathLike[str] | None = None,
+        weights: WeightsSpec | None = None,
         pretrained: bool = True,
         input_range: str = "[0,1]",
         projection: Projection | None = None,
@@ -150,47 +189,59 @@ class LipSim(nn.Module):
         self.input_range = input_range
         self.check_inputs = check_inputs
         self.constant = float(constant)
-        self.weights_name: str | None = None
-        self.weights_path: Path | None = None
-        backbone_kwargs: dict[str, Any] = {}
-        cfg_projection = "append"
         if pretrained:
-            if weights is None:
-                weights = DEFAULT_WEIGHTS
-            if isinstance(weights, str) and weights in list_pretrained():
-                cfg = get_pretrained_cfg(weights)
-                if variant is not None and variant != cfg.variant:
-                    raise ValueError(f"weights {weights!r} are for variant {cfg.variant!r}, not {variant!r}")
-                self.weights_path = resolve_weights(weights, cache_dir=cache_dir)
-                self.weights_name = weights
-                variant, backbone_kwargs, cfg_projection = cfg.variant, dict(cfg.backbone_kwargs), cfg.projection
-            else:
-                path = Path(weights)
-                if path.suffix != ".safetensors" and not path.is_file():
-                    raise ValueError(
-                        f"weights={str(weights)!r} is neither a registered name ({list_pretrained()}) nor a "
-                        ".safetensors file. Convert PyTorch checkpoints first (lipsim-convert)."
-                    )
-                meta = read_weights_metadata(path)
-                file_variant = meta.get("variant")
-                if variant is None:
-                    if file_variant is None:
-                        raise ValueError(f"{path} does not record its backbone variant; pass variant=...")
-                    variant = file_variant
-                elif file_variant is not None and file_variant != variant:
-                    raise ValueError(f"{path} holds weights for variant {file_variant!r}, not {variant!r}")
-                backbone_kwargs = meta.get("backbone_kwargs", {})
-                cfg_projection = meta.get("projection", "append")
-                self.weights_path = path
+            source: ResolvedWeights | None = resolve_pretrained(DEFAULT_WEIGHTS if weights is None else weights,
+                                                                variant=variant, cache_dir=cache_dir)
         elif weights is not None:
             raise ValueError("weights were given with pretrained=False; drop one of them")
-        self.projection: Projection = projection or cfg_projection  # type: ignore[assignment]
-        if self.projection not in ("append", "normalize"):
+        else:
+            source = None
+        self.weights_name: str | None = None if source is None else source.name
+        self.weights_path: Path | None = None if source is None else source.path
+        cfg = untrained_cfg(variant or DEFAULT_BACKBONE) if source is None else source.cfg
+        self._build(cfg, self.weights_path, projection)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: WeightsSpec = DEFAULT_WEIGHTS, **kwargs: Any) -> LipSim:
+        """Build the metric from registered weights, a weights file, or a :class:`~lipsim_metric.PretrainedCfg`.
+
+        Args:
+            name_or_path: a name from :func:`lipsim_metric.list_pretrained` (default: the shipped default), a path
+                to a ``.safetensors`` file (a file without metadata needs ``variant=``), or a config (registered or
+                not; its file is looked up like a registered one's, sha256 checked).
+            **kwargs: the other arguments of :class:`LipSim` (``variant``, ``input_range``, ``projection``,
+                ``check_inputs``, ``cache_dir``, ``constant``).
+
+        Returns:
+            The metric, frozen and in eval mode; ``metric.pretrained_cfg`` describes its weights.
+
+        Raises:
+            TypeError: ``weights=`` or ``pretrained=`` given (the first argument is the weights).
+            FileNotFoundError, ValueError: as for :class:`LipSim`.
+
+        Example:
+            >>> from lipsim_metric import LipSim
+            >>> metric = LipSim.from_pretrained("lipsim-fast.perceptual-cpu-v1")  # same as LipSim()
+            >>> metric.pretrained_cfg.projection
+            'append'
+        """
+        for bad in ("weights", "pretrained"):
+            if bad in kwargs:
+                raise TypeError(f"from_pretrained() takes the weights as its first argument; drop {bad}= (for a "
+                                "random network use LipSim(pretrained=False, variant=...))")
+        return cls(weights=name_or_path, pretrained=True, **kwargs)
+
+    def _build(self, cfg: PretrainedCfg, state: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None,
+               projection: Projection | None) -> None:
+        """Build the backbone described by ``cfg`` and load ``state`` (a file or a state dict) into it, strictly."""
+        self.projection: Projection = projection or cfg.projection
+        if self.projection not in get_args(Projection):
             raise ValueError(f"projection must be 'append' or 'normalize', got {self.projection!r}")
-        self.variant = variant or DEFAULT_BACKBONE
-        self.backbone: LipschitzBackbone = create_backbone(self.variant, **backbone_kwargs)
-        if self.weights_path is not None:
-            load_state_dict_strict(self.backbone, self.weights_path)
+        self.pretrained_cfg = cfg
+        self.variant = cfg.variant
+        self.backbone: LipschitzBackbone = cfg.build_backbone()
+        if state is not None:
+            load_state_dict_strict(self.backbone, state)
         self.backbone.requires_grad_(False)
         self.backbone.eval()
 
@@ -245,7 +296,7 @@ class LipSim(nn.Module):
 
         Args:
             x: float images ``(N, C, H, W)``, ``C`` in {1, 3}, values in ``input_range``.
-            return_norm: also return ``||[f(x); c]||`` (an :class:`EmbeddingResult`).
+            return_norm: also return ``||[f(x); c]||``: an :class:`EmbeddingResult` ``(embedding, augmented_norm)``.
 
         Returns:
             ``(N, D + 1)`` unit vectors (``D`` backbone features plus the constant coordinate; ``(N, D)`` with
@@ -297,8 +348,8 @@ class LipSim(nn.Module):
         r0, r1 = self._embed_fp32(x0), self._embed_fp32(x1)
         dist = cosine_distance(r0.embedding, r1.embedding)
         kw = dict(threshold=threshold, projection=self.projection, constant=self.constant)
-        rad0 = distance_radius(dist, r0.norm, input_norm=self.input_norm(x0), **kw)  # type: ignore[arg-type]
-        rad1 = distance_radius(dist, r1.norm, input_norm=self.input_norm(x1), **kw)  # type: ignore[arg-type]
+        rad0 = distance_radius(dist, r0.augmented_norm, input_norm=self.input_norm(x0), **kw)  # type: ignore[arg-type]
+        rad1 = distance_radius(dist, r1.augmented_norm, input_norm=self.input_norm(x1), **kw)  # type: ignore[arg-type]
         return DistanceResult.from_sides(dist, rad0, rad1)
 
     def certify_2afc(self, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> TwoAFCCertificate:
@@ -318,10 +369,40 @@ class LipSim(nn.Module):
                              f"{x1.shape[0]}")
         with torch.no_grad():
             er, e0, e1 = self._embed_fp32(ref), self._embed_fp32(x0), self._embed_fp32(x1)
-        return certify_2afc_embeddings(er.embedding, e0.embedding, e1.embedding, er.norm,
+        return certify_2afc_embeddings(er.embedding, e0.embedding, e1.embedding, er.augmented_norm,
                                        input_norm=self.input_norm(ref), projection=self.projection,
                                        constant=self.constant)
 
     def extra_repr(self) -> str:
         return (f"variant={self.variant!r}, weights={self.weights_name or self.weights_path}, "
                 f"input_range={self.input_range!r}, projection={self.projection!r}")
+
+
+def create_metric(name: WeightsSpec | None = None, pretrained: bool = True, **kwargs: Any) -> LipSim:
+    """timm-style factory: ``create_metric()`` is ``LipSim()``.
+
+    Args:
+        name: registered weights (``"lipsim-fast.perceptual-cpu-v1"``), a backbone variant (``"lipsim-fast"``: its
+            default weights, or with ``pretrained=False`` a random network), a ``.safetensors`` path or a
+            :class:`~lipsim_metric.PretrainedCfg`. Default: the shipped default weights.
+        pretrained: ``False`` for a random network; ``name`` must then be a variant (or ``None``).
+        **kwargs: the other arguments of :class:`LipSim`.
+
+    Raises:
+        ValueError: ``pretrained=False`` with weights; and as for :class:`LipSim`.
+
+    Example:
+        >>> from lipsim_metric import create_metric
+        >>> create_metric("lipsim-fast", pretrained=False).variant
+        'lipsim-fast'
+    """
+    if isinstance(name, str) and name in list_backbones():
+        if pretrained:
+            return LipSim.from_pretrained(default_pretrained(name), **kwargs)
+        return LipSim(variant=name, pretrained=False, **kwargs)
+    if not pretrained:
+        if name is not None:
+            raise ValueError(f"pretrained=False builds a random network of a variant ({list_backbones()}); "
+                             f"{str(name)!r} names weights. Drop pretrained=False, or pass a variant name.")
+        return LipSim(pretrained=False, **kwargs)
+    return LipSim.from_pretrained(DEFAULT_WEIGHTS if name is None else name, **kwargs)

@@ -1,65 +1,75 @@
-"""Registry of pretrained weights and their resolution: explicit path -> shipped ``weights/`` -> Hugging Face Hub.
+"""Typed pretrained configs and their registry, and the weight-file format (safetensors with LipSim metadata).
 
-Every entry is a :class:`PretrainedCfg` (the timm/open_clip habit): where the file lives on the Hub, its sha256, the
-backbone variant and input contract it expects, its license and how it was trained. Weight files are safetensors
-only; loading is strict (missing, unexpected or mis-shaped tensors are named in the error) and the sha256 of a
-registered file is verified before use. Nothing ever falls back to random weights.
+Every registered weight file is described by a :class:`PretrainedCfg` (the timm/open_clip habit): the backbone variant
+and architecture overrides it was trained with, the embedding projection, its input size, its file name, sha256 and Hub
+location, license and how it was trained. Weight files are safetensors only; loading is strict (missing, unexpected or
+mis-shaped tensors are named in the error) and the sha256 of a registered file is verified before use. Nothing ever
+falls back to random weights. Where a file is found (shipped folder, ``$LIPSIM_WEIGHTS_DIR``, Hugging Face Hub) is
+:mod:`lipsim_metric.hub`; building the metric from a config is :meth:`lipsim_metric.LipSim.from_pretrained`.
 
-Resolution order for a registered name (:func:`resolve_weights`):
-
-1. a folder in ``$LIPSIM_WEIGHTS_DIR`` or the ``weights/`` folder shipped with the package (installed wheels carry it
-   as ``lipsim_metric/weights``; a source checkout has it at the repository root) holding ``cfg.filename``;
-2. ``huggingface_hub.hf_hub_download(cfg.hf_hub_id, cfg.filename, revision=cfg.revision, cache_dir=...)``, which
-   honours ``HF_HUB_OFFLINE``, ``HF_HOME`` and ``HF_HUB_CACHE`` and reads an existing cache without network.
+The configs live here rather than next to the architectures in :mod:`lipsim_metric.backbones` because they describe
+*files*, not networks: one architecture has several weight files (``lipsim-paper-small`` has three), and a config
+carries hub ids, hashes, licenses and training notes that the architecture code has no business knowing; this keeps
+:mod:`~lipsim_metric.backbones` free of I/O, and a new weight file is one ``register_pretrained`` call in one place.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .backbones import LipschitzBackbone, create_backbone
+from .certificates import Projection
+
 __all__ = [
     "PretrainedCfg",
     "DEFAULT_WEIGHTS",
     "list_pretrained",
     "get_pretrained_cfg",
+    "default_pretrained",
     "register_pretrained",
-    "resolve_weights",
-    "shipped_weights_dirs",
+    "untrained_cfg",
     "load_state_dict_strict",
     "read_weights_metadata",
     "save_weights",
-    "sha256_file",
 ]
 
 
 @dataclass(frozen=True)
 class PretrainedCfg:
-    """Description of one pretrained weight file.
+    """Description of one pretrained weight file, checked when it is made.
 
     Attributes:
-        name: registry name, ``"<variant>.<tag>"``.
+        name: registry name, ``"<variant>.<tag>"`` (for a file loaded by path: the file's stem).
         variant: backbone registry name (see :func:`lipsim_metric.list_backbones`).
         filename: file name inside the shipped folder and inside the Hub repository.
         hf_hub_id: Hugging Face repository id, or ``None`` for files the user must supply.
         revision: Hub revision (branch, tag or commit) to download.
         sha256: expected hash of the file, or ``None`` for user-supplied files that vary.
         backbone_kwargs: architecture overrides passed to :func:`lipsim_metric.create_backbone`.
-        projection: embedding projection the weights were trained/evaluated with (``"append"`` or ``"normalize"``).
-        input_size: backbone input side in pixels; input is RGB in [0, 1] after LipSim's preprocessing.
+        projection: embedding projection the weights were trained/evaluated with, ``"append"`` or ``"normalize"``.
+        input_size: backbone input side in pixels (input is RGB in [0, 1] after LipSim's preprocessing), checked
+            against the built backbone's ``input_size``; ``None``: whatever ``variant`` + ``backbone_kwargs`` build.
         license: license of the weights.
         paper: reference.
         training: one-line training summary (details in the model card).
         model_card: path of the model card in the repository.
+
+    Raises:
+        ValueError: on construction, for an empty name/variant/filename, a projection other than ``"append"`` /
+            ``"normalize"``, a non-positive ``input_size``, or an ``input_size`` that contradicts
+            ``backbone_kwargs["input_size"]``; at :meth:`build_backbone`, when the built backbone's input size is not
+            ``input_size``.
+        TypeError: ``backbone_kwargs`` is not a dict.
     """
 
     name: str
@@ -69,12 +79,86 @@ class PretrainedCfg:
     revision: str | None = "main"
     sha256: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    projection: str = "append"
-    input_size: int = 224
+    projection: Projection = "append"
+    input_size: int | None = None
     license: str = "MIT"
     paper: str = "Ghazanfari et al., LipSim, ICLR 2024, arXiv:2310.18274"
     training: str = ""
     model_card: str = ""
+
+    def __post_init__(self) -> None:
+        for attr in ("name", "variant", "filename"):
+            if not isinstance(getattr(self, attr), str) or not getattr(self, attr):
+                raise ValueError(f"PretrainedCfg.{attr} must be a non-empty string, got {getattr(self, attr)!r}")
+        if self.projection not in get_args(Projection):
+            raise ValueError(
+                f"PretrainedCfg {self.name!r}: projection must be one of {list(get_args(Projection))}, got "
+                f"{self.projection!r}. Use 'append' (always certifiable) unless the weights were trained for the "
+                "paper's 'normalize' protocol."
+            )
+        if not isinstance(self.backbone_kwargs, dict):
+            raise TypeError(f"PretrainedCfg {self.name!r}: backbone_kwargs must be a dict, got "
+                            f"{type(self.backbone_kwargs).__name__}")
+        if self.input_size is not None:
+            if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or self.input_size <= 0:
+                raise ValueError(f"PretrainedCfg {self.name!r}: input_size must be a positive int or None, got "
+                                 f"{self.input_size!r}")
+            kw_size = self.backbone_kwargs.get("input_size")
+            if kw_size is not None and kw_size != self.input_size:
+                raise ValueError(
+                    f"PretrainedCfg {self.name!r}: input_size={self.input_size} contradicts "
+                    f"backbone_kwargs['input_size']={kw_size}. Set both to the size the weights were trained at "
+                    "(or leave input_size=None to take the backbone's)."
+                )
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], variant: str | None = None) -> PretrainedCfg:
+        """The config recorded in a weight file's metadata (``variant``, ``backbone_kwargs``, ``projection``).
+
+        Args:
+            path: a safetensors file written by :func:`save_weights` or ``lipsim-convert``.
+            variant: the expected backbone variant; required when the file does not record one.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: unreadable file; no variant recorded and none given; a different variant recorded; bad
+                metadata (e.g. an unknown projection).
+        """
+        path = Path(path)
+        meta = read_weights_metadata(path)
+        file_variant = meta.get("variant")
+        if variant is None:
+            if file_variant is None:
+                raise ValueError(f"{path} does not record its backbone variant; pass variant=...")
+            variant = file_variant
+        elif file_variant is not None and file_variant != variant:
+            raise ValueError(f"{path} holds weights for variant {file_variant!r}, not {variant!r}")
+        return cls(name=path.stem, variant=str(variant), filename=path.name, hf_hub_id=None, revision=None,
+                   backbone_kwargs=dict(meta.get("backbone_kwargs", {})),
+                   projection=meta.get("projection", "append"), license=meta.get("license", "unknown"))
+
+    def build_backbone(self) -> LipschitzBackbone:
+        """Build the (untrained) backbone these weights are for, checking its input size against :attr:`input_size`.
+
+        Raises:
+            ValueError: unknown variant, bad ``backbone_kwargs``, or a backbone whose ``input_size`` is not this
+                config's (fix ``input_size`` or ``backbone_kwargs['input_size']`` of the config).
+        """
+        backbone = create_backbone(self.variant, **self.backbone_kwargs)
+        if self.input_size is not None and backbone.input_size != self.input_size:
+            raise ValueError(
+                f"PretrainedCfg {self.name!r} declares input_size={self.input_size}, but variant {self.variant!r} "
+                f"with backbone_kwargs={self.backbone_kwargs} builds a backbone for {backbone.input_size}x"
+                f"{backbone.input_size} inputs. Set backbone_kwargs['input_size']={self.input_size} (or correct "
+                "input_size) in the config."
+            )
+        return backbone
+
+
+def untrained_cfg(variant: str) -> PretrainedCfg:
+    """The config of a randomly initialised ``variant`` (``LipSim(pretrained=False, variant=...)``): no file."""
+    return PretrainedCfg(name=f"{variant}.untrained", variant=variant, filename="-", hf_hub_id=None, revision=None,
+                         license="-", paper="", training="random initialisation")
 
 
 _PRETRAINED: dict[str, PretrainedCfg] = {}
@@ -96,88 +180,23 @@ def list_pretrained(variant: str | None = None) -> list[str]:
     return sorted(n for n, c in _PRETRAINED.items() if variant is None or c.variant == variant)
 
 
+def default_pretrained(variant: str) -> str:
+    """The weights a bare variant name stands for (``create_metric("lipsim-fast")``): :data:`DEFAULT_WEIGHTS` for its
+    variant, otherwise the variant's first registered weights (``ValueError`` if it has none)."""
+    if get_pretrained_cfg(DEFAULT_WEIGHTS).variant == variant:
+        return DEFAULT_WEIGHTS
+    names = [n for n, c in _PRETRAINED.items() if c.variant == variant]  # registration order
+    if not names:
+        raise ValueError(f"no pretrained weights are registered for variant {variant!r}; registered: "
+                         f"{list_pretrained()}. Pass pretrained=False for a random network, or a weights file.")
+    return names[0]
+
+
 def get_pretrained_cfg(name: str) -> PretrainedCfg:
     """The :class:`PretrainedCfg` registered as ``name`` (``ValueError`` listing valid names otherwise)."""
     if name not in _PRETRAINED:
         raise ValueError(f"unknown pretrained weights {name!r}; registered: {list_pretrained()}")
     return _PRETRAINED[name]
-
-
-def shipped_weights_dirs() -> list[Path]:
-    """Folders searched for shipped weight files, in order."""
-    here = Path(__file__).resolve().parent
-    dirs = []
-    if os.environ.get("LIPSIM_WEIGHTS_DIR"):
-        dirs.append(Path(os.environ["LIPSIM_WEIGHTS_DIR"]))
-    dirs += [here / "weights", here.parent.parent / "weights"]  # wheel layout, then source checkout
-    return dirs
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-_VERIFIED: dict[tuple[str, int, int], str] = {}
-
-
-def _verify_sha256(path: Path, expected: str | None, name: str) -> None:
-    if expected is None:
-        return
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _VERIFIED:
-        _VERIFIED[key] = sha256_file(path)
-    if _VERIFIED[key] != expected:
-        raise ValueError(
-            f"{path} does not match the sha256 registered for {name!r} (expected {expected}, got {_VERIFIED[key]}). "
-            "The file is corrupt or a different version: delete it and download again, or pass the file explicitly "
-            "with weights=<path> to use it unverified."
-        )
-
-
-def resolve_weights(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Find the file of the registered weights ``name``: shipped folder first, then the Hugging Face Hub.
-
-    Args:
-        name: a name from :func:`list_pretrained`.
-        cache_dir: Hub cache folder (default: huggingface_hub's, i.e. ``$HF_HUB_CACHE`` or ``$HF_HOME/hub``).
-
-    Returns:
-        Path of a verified (sha256) safetensors file.
-
-    Raises:
-        ValueError: unknown name, or hash mismatch.
-        FileNotFoundError: not shipped and not obtainable from the Hub (offline, or no Hub location registered).
-    """
-    cfg = get_pretrained_cfg(name)
-    for folder in shipped_weights_dirs():
-        candidate = folder / cfg.filename
-        if candidate.is_file():
-            _verify_sha256(candidate, cfg.sha256, name)
-            return candidate
-    if cfg.hf_hub_id is None:
-        raise FileNotFoundError(
-            f"weights {name!r} are not shipped and have no download location. Obtain {cfg.filename} "
-            f"(see {cfg.model_card or 'the README'}), then pass weights=<path> or put it in $LIPSIM_WEIGHTS_DIR."
-        )
-    from huggingface_hub import hf_hub_download  # imported lazily: only this path needs it
-
-    try:
-        path = Path(hf_hub_download(cfg.hf_hub_id, cfg.filename, revision=cfg.revision,
-                                    cache_dir=None if cache_dir is None else str(cache_dir)))
-    except Exception as exc:  # offline mode, no network, missing repo: all end here
-        raise FileNotFoundError(
-            f"could not get weights {name!r} ({cfg.hf_hub_id}/{cfg.filename}@{cfg.revision}) from the shipped "
-            f"folders {[str(d) for d in shipped_weights_dirs()]} or the Hugging Face Hub ({type(exc).__name__}: "
-            f"{exc}). Pass weights=<path to a .safetensors file> or set LIPSIM_WEIGHTS_DIR."
-        ) from exc
-    _verify_sha256(path, cfg.sha256, name)
-    return path
 
 
 def read_weights_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -219,23 +238,33 @@ def save_weights(module: nn.Module, path: str | os.PathLike[str], variant: str, 
     return path
 
 
-def load_state_dict_strict(module: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a safetensors file into ``module``, naming every missing, unexpected or mis-shaped tensor.
+def load_state_dict_strict(module: nn.Module,
+                           weights: str | os.PathLike[str] | Mapping[str, torch.Tensor]) -> None:
+    """Load a safetensors file (or an in-memory state dict) into ``module``, naming every missing, unexpected or
+    mis-shaped tensor.
 
     Tensors are cast to each parameter's dtype (float16 storage is allowed).
+
+    Args:
+        module: the backbone to fill.
+        weights: path of a safetensors file, or a mapping of parameter names to tensors.
 
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: unreadable file; missing, unexpected or mis-shaped tensors; or NaN/Inf values (after the cast to
             the parameter dtype). On any error ``module`` is left unchanged.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable safetensors file ({exc}); re-download or re-export it") from exc
+    if isinstance(weights, Mapping):
+        path: Path | str = "the given state dict"
+        state = dict(weights)
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file {path} does not exist")
+        try:
+            state = load_file(str(path))
+        except Exception as exc:
+            raise ValueError(f"{path} is not a readable safetensors file ({exc}); re-download or re-export it") from exc
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -274,6 +303,7 @@ register_pretrained(
         revision="main",
         sha256="9aa3133c337446667416d04e1871da587a50f37b00e2304304cbbcd432910d96",
         backbone_kwargs={"pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None},
+        input_size=224,
         training="distance distillation (stage 'pairs') of LPIPS-VGG, DISTS and LPIPS-Alex distances on 544 x 6 "
         "labelled distortion pairs of ../shared/images/train (recipe 2), with the certified-radius hinge; mean/std "
         "pooling, convolutions from robust-alex-cpu-v4; 2 CPU cores (configs/pairs_main_cpu.yaml)",
@@ -292,8 +322,22 @@ for _tag, _summary in (
             filename=f"lipsim-paper-small.{_tag}.safetensors",
             hf_hub_id=None,
             sha256=None,
+            input_size=224,
             license="see the authors' repository (github.com/SaraGhazanfari/lipsim)",
             training=_summary + "; convert the released .pth with `lipsim-convert` (docs/paper.md)",
             model_card="docs/paper.md",
         )
     )
+
+
+# Moved to lipsim_metric.hub (where files come from); still importable from here. Resolved lazily because hub imports
+# this module.
+_MOVED_TO_HUB = ("resolve_weights", "shipped_weights_dirs", "sha256_file", "_verify_sha256", "_VERIFIED")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_HUB:
+        from . import hub
+
+        return getattr(hub, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

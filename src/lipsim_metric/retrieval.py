@@ -274,6 +274,6 @@ class EmbeddingIndex:
             ValueError: images LipSim rejects.
         """
         result = self._embed(query)
-        return certified_top1_embeddings(result.embedding, self.embeddings, result.norm,
+        return certified_top1_embeddings(result.embedding, self.embeddings, result.augmented_norm,
                                          input_norm=self.metric.input_norm(query), projection=self.metric.projection,
                                          constant=self.metric.constant)

@@ -244,5 +244,5 @@ class FaissIndex:
             k: candidates per query (capped at the gallery size).
         """
         result = self._embed(query)
-        return self.certified_top1_embeddings(result.embedding, result.norm, self.metric.input_norm(query), k)
+        return self.certified_top1_embeddings(result.embedding, result.augmented_norm, self.metric.input_norm(query), k)
 

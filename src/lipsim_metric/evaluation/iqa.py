@@ -233,7 +233,7 @@ def _list_collate(batch: list[Any]) -> list[Any]:
 def _embed(metric: LipSim, x: Tensor) -> tuple[Tensor, Tensor]:
     with torch.autocast(device_type=x.device.type, enabled=False):
         result = cast(EmbeddingResult, metric.embed(x.float(), return_norm=True))
-    return result.embedding, result.norm
+    return result.embedding, result.augmented_norm
 
 
 def _score_iqa(task: EvalTask, metric: nn.Module, todo: list[int], loader_kw: dict[str, Any], device: str,

@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -51,6 +51,16 @@ from .distortions import RECIPES, Distortion, list_families, sample_distortion
 __all__ = ["LabelSetConfig", "build_label_set", "PairLabelSet", "read_manifest", "label_set_info", "main"]
 
 _FORMAT = "lipsim_metric.pair_labels"
+
+
+class _FeatureDistanceTeacher(Protocol):
+    """What :func:`build_label_set` needs of a distance teacher (LPIPS and DISTS both have it): features computed
+    once per reference and reused for all its copies. ``build_distance_teacher`` is typed ``nn.Module``, on which
+    mypy sees ``features`` as a tensor attribute."""
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]: ...
+
+    def distance_from_features(self, f0: Sequence[torch.Tensor], f1: Sequence[torch.Tensor]) -> torch.Tensor: ...
 _MANIFEST = "manifest.json"
 _CHUNKS = "chunks"
 
@@ -186,7 +196,8 @@ def build_label_set(
     (out_dir / _MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     # channels_last makes oneDNN's bf16 convolutions several times faster on CPUs with AMX/AVX512-BF16.
-    nets = [build_distance_teacher(n, teachers_dir=teachers_dir).eval().to(memory_format=torch.channels_last)
+    nets = [cast(_FeatureDistanceTeacher,
+                 build_distance_teacher(n, teachers_dir=teachers_dir).eval().to(memory_format=torch.channels_last))
             for n in teachers]
     photos = _photos(files, cfg)
     order = _order(cfg, len(files))
