@@ -68,3 +68,18 @@ def test_weights_with_a_pixel_branch_load_and_certify(tmp_path) -> None:
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     d = metric(x, x.flip(0))
     assert (d > 0).all() and metric(x, x).abs().max() < 1e-6
+
+
+def test_the_appended_constant_travels_with_the_weights(tmp_path) -> None:
+    _, branched = _pair(0.1)
+    kw = {**KW, "pixel_weight": 0.1}
+    path = save_weights(branched, tmp_path / "c25.safetensors", "lipsim-fast", backbone_kwargs=kw, constant=25.0)
+    assert LipSim(weights=path).constant == 25.0 and LipSim(weights=path).pretrained_cfg.constant == 25.0
+    assert LipSim(weights=path, constant=2.0).constant == 2.0  # an explicit argument wins
+    plain = save_weights(branched, tmp_path / "plain.safetensors", "lipsim-fast", backbone_kwargs=kw)
+    assert LipSim(weights=plain).constant == 1.0
+    bad = save_weights(branched, tmp_path / "bad.safetensors", "lipsim-fast", backbone_kwargs=kw, constant="big")
+    with pytest.raises(ValueError, match="constant"):
+        LipSim(weights=bad)
+    with pytest.raises(ValueError, match="constant"):
+        LipSim(weights=path, constant=0.0)

@@ -156,7 +156,8 @@ class LipSim(nn.Module):
             one the weights record.
         check_inputs: validate value range and finiteness on every call (one device sync per input).
         cache_dir: Hugging Face cache folder used if the weights must be downloaded.
-        constant: the appended coordinate ``c`` (``projection="append"``), > 0.
+        constant: the appended coordinate ``c`` (``projection="append"``), > 0. Default: the one the weights record
+            (metadata ``constant``; 1 for every registered weight file).
 
     Raises:
         FileNotFoundError: the weights cannot be found (never falls back to random weights).
@@ -180,15 +181,14 @@ class LipSim(nn.Module):
         projection: Projection | None = None,
         check_inputs: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
-        constant: float = 1.0,
+        constant: float | None = None,
     ) -> None:
         super().__init__()
         check_input_range(input_range)
-        if constant <= 0:
+        if constant is not None and not constant > 0:
             raise ValueError(f"constant must be > 0 (it bounds the embedding norm from below), got {constant}")
         self.input_range = input_range
         self.check_inputs = check_inputs
-        self.constant = float(constant)
         if pretrained:
             source: ResolvedWeights | None = resolve_pretrained(DEFAULT_WEIGHTS if weights is None else weights,
                                                                 variant=variant, cache_dir=cache_dir)
@@ -200,6 +200,7 @@ class LipSim(nn.Module):
         self.weights_path: Path | None = None if source is None else source.path
         cfg = untrained_cfg(variant or DEFAULT_BACKBONE) if source is None else source.cfg
         self._build(cfg, self.weights_path, projection)
+        self.constant = float(cfg.constant if constant is None else constant)
 
     @classmethod
     def from_pretrained(cls, name_or_path: WeightsSpec = DEFAULT_WEIGHTS, **kwargs: Any) -> LipSim:

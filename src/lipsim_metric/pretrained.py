@@ -57,6 +57,8 @@ class PretrainedCfg:
         sha256: expected hash of the file, or ``None`` for user-supplied files that vary.
         backbone_kwargs: architecture overrides passed to :func:`lipsim_metric.create_backbone`.
         projection: embedding projection the weights were trained/evaluated with, ``"append"`` or ``"normalize"``.
+        constant: the appended coordinate ``c`` of the ``"append"`` projection the weights were trained with (> 0;
+            files record it as metadata ``constant``, 1 when absent); ``LipSim(constant=...)`` overrides it.
         input_size: backbone input side in pixels (input is RGB in [0, 1] after LipSim's preprocessing), checked
             against the built backbone's ``input_size``; ``None``: whatever ``variant`` + ``backbone_kwargs`` build.
         license: license of the weights.
@@ -80,6 +82,7 @@ class PretrainedCfg:
     sha256: str | None = None
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     projection: Projection = "append"
+    constant: float = 1.0
     input_size: int | None = None
     license: str = "MIT"
     paper: str = "Ghazanfari et al., LipSim, ICLR 2024, arXiv:2310.18274"
@@ -96,6 +99,9 @@ class PretrainedCfg:
                 f"{self.projection!r}. Use 'append' (always certifiable) unless the weights were trained for the "
                 "paper's 'normalize' protocol."
             )
+        if isinstance(self.constant, bool) or not isinstance(self.constant, (int, float)) or not self.constant > 0:
+            raise ValueError(f"PretrainedCfg {self.name!r}: constant (the appended coordinate c) must be a number "
+                             f"> 0, got {self.constant!r}")
         if not isinstance(self.backbone_kwargs, dict):
             raise TypeError(f"PretrainedCfg {self.name!r}: backbone_kwargs must be a dict, got "
                             f"{type(self.backbone_kwargs).__name__}")
@@ -135,7 +141,8 @@ class PretrainedCfg:
             raise ValueError(f"{path} holds weights for variant {file_variant!r}, not {variant!r}")
         return cls(name=path.stem, variant=str(variant), filename=path.name, hf_hub_id=None, revision=None,
                    backbone_kwargs=dict(meta.get("backbone_kwargs", {})),
-                   projection=meta.get("projection", "append"), license=meta.get("license", "unknown"))
+                   projection=meta.get("projection", "append"), constant=_float_meta(meta, "constant", path),
+                   license=meta.get("license", "unknown"))
 
     def build_backbone(self) -> LipschitzBackbone:
         """Build the (untrained) backbone these weights are for, checking its input size against :attr:`input_size`.
@@ -341,3 +348,14 @@ def __getattr__(name: str) -> Any:
 
         return getattr(hub, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _float_meta(meta: dict[str, Any], key: str, path: Path, default: float = 1.0) -> float:
+    """A float metadata entry (stored as a string), or ``default`` when absent; a clear error when unreadable."""
+    if key not in meta:
+        return default
+    try:
+        return float(meta[key])
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: metadata {key}={meta[key]!r} is not a number; re-export the weights "
+                         "(lipsim_metric.pretrained.save_weights)") from None
