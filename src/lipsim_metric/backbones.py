@@ -175,15 +175,13 @@ class FastBackbone(LipschitzBackbone):
         ``examples/feature_inversion.py``); and a denoiser trained against it cannot leave noise the pooled
         features do not see. The price: ``3 S^2`` more embedding coordinates (150,528 at 224).
         """
+        feats = super().forward(x)
         if not self.pixel_weight:
-            return super().forward(x)
+            return feats
         shift: torch.Tensor = self.input_shift  # type: ignore[assignment]
-        pixels = x - shift.to(x.dtype)
-        feats = pixels
-        for name in self.stages:
-            feats = getattr(self, name)(feats)
         a = self.pixel_weight
-        return torch.cat([math.sqrt(1.0 - a * a) * feats, a * pixels.flatten(1).to(feats.dtype)], dim=1)
+        pixels = (x - shift.to(x.dtype)).flatten(1).to(feats.dtype)
+        return torch.cat([math.sqrt(1.0 - a * a) * feats, a * pixels], dim=1)
 
 
 _REGISTRY: dict[str, Callable[..., LipschitzBackbone]] = {}
