@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for results.json and a PNG of the final images")
     args = parser.parse_args(argv)
+    if args.constant is not None and not args.constant > 0:
+        parser.error(f"--constant must be > 0 (LipSim's appended coordinate), got {args.constant}")
     photos_all = torch.stack([PhotoCropDataset(args.images, size=224, train=False)[i] for i in range(args.photos)])
     mild = {"jpeg_q30": _jpeg(photos_all, 30), "blur_1": _blur(photos_all, 1.0),
             "noise_0.03": (photos_all + 0.03 * torch.randn(photos_all.shape,

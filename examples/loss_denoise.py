@@ -342,6 +342,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.constant is not None and not args.constant > 0:
+        parser.error(f"--constant must be > 0 (LipSim's appended coordinate), got {args.constant}")
     try:
         args = resolve_args(args)
     except ValueError as exc:

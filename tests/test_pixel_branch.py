@@ -83,3 +83,13 @@ def test_the_appended_constant_travels_with_the_weights(tmp_path) -> None:
         LipSim(weights=bad)
     with pytest.raises(ValueError, match="constant"):
         LipSim(weights=path, constant=0.0)
+
+
+def test_pair_agreement_refuses_a_non_positive_constant_before_any_work(tmp_path, capsys) -> None:
+    from lipsim_metric.evaluation import pair_agreement
+
+    with pytest.raises(SystemExit) as exc:  # argparse's usage error, before the label set is even opened
+        pair_agreement.main(["--labels", str(tmp_path / "none"), "--images", str(tmp_path), "--constant", "-1",
+                             "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and "--constant must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -162,3 +162,9 @@ def test_radius_hinge_finetune_runs(tmp_path: Path, shared_dir: Path) -> None:
     train(cfg)
     log = _log(tmp_path / "run")
     assert len(log) == 2 and all(r["hinge"] >= 0 for r in log)
+
+
+def test_config_refuses_a_non_positive_constant() -> None:
+    assert load_config(None, ["constant=25"]).constant == 25
+    with pytest.raises(ValueError, match="constant"):
+        load_config(None, ["constant=0"])

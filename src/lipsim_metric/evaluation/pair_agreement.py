@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.constant is not None and not args.constant > 0:
+        parser.error(f"--constant must be > 0 (LipSim's appended coordinate), got {args.constant}")
     try:
         data = PairLabelSet(args.labels, args.images, max_refs=args.max_refs)
     except (FileNotFoundError, ValueError) as exc:

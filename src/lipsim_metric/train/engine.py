@@ -130,6 +130,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ValueError(f"stage must be 'distill', 'finetune' or 'pairs', got {cfg.stage!r}")
     if cfg.stage == "pairs" and not cfg.labels:
         raise ValueError("stage 'pairs' needs labels: a pair label set folder (python -m lipsim_metric.train.labels)")
+    if not cfg.constant > 0:
+        raise ValueError(f"constant (the appended coordinate c) must be > 0, got {cfg.constant}")
     if cfg.radius_weight > 0 and cfg.radius_margin <= 0:
         raise ValueError("radius_weight > 0 needs radius_margin > 0 (the certified radius the hinge asks for)")
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):
