@@ -1,5 +1,5 @@
 """Tiny image fixtures shared by the data tests (test_photos, test_shards, test_human_2afc, test_triplets,
-test_valsets): deterministic noise photos and solid images written into tmp_path."""
+test_valsets, test_pair_labels, test_hard_pairs): deterministic noise photos and solid images written into tmp_path."""
 
 from __future__ import annotations
 
@@ -55,3 +55,13 @@ def make_photo_dir(tmp_path: Path) -> Path:
     noise_image(root / ".hidden.jpg", 6)
     return root
 
+
+def smooth_photos(folder: Path, n: int) -> Path:
+    """``n`` smooth random 96x96 PNG photos in a new ``folder`` (blocky colour fields, not white noise)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):  # smooth random images (noise photos would make every distortion look alike)
+        low = rng.random((8, 8, 3))
+        img = np.kron(low, np.ones((12, 12, 1)))
+        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    return folder

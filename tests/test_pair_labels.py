@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from data_fixtures import smooth_photos
+
 from lipsim_metric import create_backbone
 from lipsim_metric.layers import ChannelScale, MeanStdPool2d
 from lipsim_metric.train.distortions import list_families, sample_distortion
@@ -105,22 +107,10 @@ def test_consensus_target_and_losses() -> None:
     assert agree_good.item() == 1.0 and agree_bad.item() == 0.0 and loss_good < loss_bad
 
 
-def _photos(folder: Path, n: int) -> Path:
-    from PIL import Image
-
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):  # smooth random images (noise photos would make every distortion look alike)
-        low = rng.random((8, 8, 3))
-        img = np.kron(low, np.ones((12, 12, 1)))
-        Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"p{i}.png")
-    return folder
-
-
 def test_label_set_build_resume_verify_and_train(shared_dir: Path, tmp_path: Path) -> None:
     from lipsim_metric.train import engine, labels
 
-    photos = _photos(tmp_path / "photos", 3)
+    photos = smooth_photos(tmp_path / "photos", 3)
     out = tmp_path / "set"
     args = ["build", "--images", str(photos), "--out", str(out), "--teachers", "lpips-alex",
             "--teachers-dir", str(shared_dir / "teachers"), "--copies", "3", "--size", "64", "--chunk-size", "2",
@@ -173,7 +163,7 @@ def test_feature_inversion_example_runs(tmp_path: Path) -> None:
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules["feature_inversion"] = module
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    photos = _photos(tmp_path / "photos", 1)
+    photos = smooth_photos(tmp_path / "photos", 1)
     out = tmp_path / "inv"
     assert module.main(["--images", str(photos), "--metrics", "lipsim,psnr", "--steps", "2", "--photos", "1",
                         "--out", str(out)]) == 0

@@ -90,6 +90,14 @@ class TrainConfig:
     min_teacher_gap: float = 0.0  # skip pairs whose teacher distances differ by less than this (ambiguous)
     projection: str = "append"
     constant: float = 1.0  # the appended coordinate c of the "append" projection; recorded in the exported weights
+    # stage "pairs": hard pairs mined against the student, labelled by the teachers (lipsim_metric.train.hard_pairs)
+    hard_pairs_per_step: int = 0  # mined pairs drawn from the replay buffer into each batch (0: off)
+    hard_mine_every: int = 4  # mine new pairs every N steps
+    hard_mine_refs: int = 3  # references of the batch mined each time
+    hard_mine_steps: int = 8  # projected gradient steps of each search
+    hard_rms: list[float] = field(default_factory=lambda: [0.02, 0.3])  # per-pixel RMS range of the perturbation
+    hard_uniform_fraction: float = 0.25  # searches started from a uniform-noise image (the inversion test's start)
+    hard_buffer: int = 128  # replay buffer capacity (pairs)
     # optimisation
     batch_size: int = 16
     lr: float = 1e-3
@@ -134,6 +142,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ValueError(f"constant (the appended coordinate c) must be > 0, got {cfg.constant}")
     if cfg.radius_weight > 0 and cfg.radius_margin <= 0:
         raise ValueError("radius_weight > 0 needs radius_margin > 0 (the certified radius the hinge asks for)")
+    if cfg.hard_pairs_per_step < 0 or cfg.hard_mine_every < 1 or cfg.hard_mine_refs < 1 or cfg.hard_mine_steps < 0:
+        raise ValueError("hard_pairs_per_step must be >= 0, hard_mine_every and hard_mine_refs >= 1, "
+                         "hard_mine_steps >= 0")
+    if cfg.hard_pairs_per_step and cfg.stage != "pairs":
+        raise ValueError("hard pairs (hard_pairs_per_step > 0) need stage 'pairs' (their labels join its objective)")
+    if len(cfg.hard_rms) != 2 or not 0 < cfg.hard_rms[0] <= cfg.hard_rms[1]:
+        raise ValueError(f"hard_rms must be [lo, hi] with 0 < lo <= hi, got {cfg.hard_rms}")
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):
         raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}")
     if cfg.stage == "finetune" and cfg.distortions_per_ref < 2 and cfg.triplets is None:
@@ -287,8 +302,13 @@ def _load_partial(student: torch.nn.Module, path: str, log: Any) -> None:
 
 
 def _pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distances: torch.Tensor,
-                consensus: Any, b: int, k: int, logs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Loss of stage "pairs" (see :mod:`lipsim_metric.train.pair_objective`) for ``b`` references x ``k`` copies."""
+                consensus: Any, b: int, k: int, logs: dict[str, torch.Tensor],
+                hard: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Loss of stage "pairs" (see :mod:`lipsim_metric.train.pair_objective`) for ``b`` references x ``k`` copies.
+
+    ``hard``: ``(embeddings (2H, D), teacher distances (H, T))`` of ``H`` mined pairs (references then mined images),
+    appended to the batch's pairs in the correlation and pooled-ranking terms.
+    """
     from .pair_objective import correlation_loss, pooled_ranking_loss
 
     e = emb.view(b, k + 1, -1)
@@ -296,6 +316,18 @@ def _pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distan
     score = (d_student + 1e-6).log()
     teacher = consensus.standardised(distances)  # (b, T, k)
     z = teacher.mean(dim=1)  # the consensus, (b, k): consensus(distances) without standardising twice
+    if hard is not None:
+        e_h, dist_h = hard
+        h = dist_h.shape[0]
+        d_h = cosine_distance(e_h[:h], e_h[h:])
+        t_h = consensus.standardised(dist_h.to(e_h)[:, :, None])[:, :, 0]  # (H, T)
+        score_h = (d_h + 1e-6).log()
+        logs["hard_score"], logs["hard_z"] = score_h.detach().mean(), t_h.mean(1).mean()
+        logs["hard_score_rank"] = (score_h.detach()[:, None] > score.detach().flatten()[None]).float().mean()
+        logs["hard_z_rank"] = (t_h.mean(1)[:, None] > z.flatten()[None]).float().mean()
+        teacher = torch.cat([teacher.transpose(0, 1).reshape(teacher.shape[1], -1), t_h.t()], dim=1)  # (T, P)
+        score = torch.cat([score.flatten(), score_h])
+        z = torch.cat([z.flatten(), t_h.mean(1)])
     loss = d_student.new_zeros(())
     if cfg.corr_weight > 0:
         corr = correlation_loss(score, z)
@@ -313,6 +345,28 @@ def _pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distan
         loss = loss + cfg.radius_weight * hinge
         logs["hinge"], logs["pair_agreement"] = hinge.detach(), agree2
     return loss
+
+
+_HARD_FILE = "hard_pairs.safetensors"
+
+
+def _hard_batch(cfg: TrainConfig, acc: Any, student: torch.nn.Module, ref: torch.Tensor, buffer: Any, labeller: Any,
+                step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mine new hard pairs every ``hard_mine_every`` steps, then draw ``hard_pairs_per_step`` from the buffer.
+
+    Returns the images to embed (references then mined images, ``(2H, 3, H, W)``) and their teacher distances.
+    """
+    from .hard_pairs import mine_blind_perturbations, projected_embedder
+
+    if step % cfg.hard_mine_every == 0 or not len(buffer):
+        r = ref[: cfg.hard_mine_refs].to(acc.device).float()
+        embed = projected_embedder(student, cfg.projection, cfg.constant, acc.autocast)
+        y = mine_blind_perturbations(embed, r, steps=cfg.hard_mine_steps, rms_range=(cfg.hard_rms[0], cfg.hard_rms[1]),
+                                     uniform_fraction=cfg.hard_uniform_fraction,
+                                     generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        buffer.add(r, y, labeller(r, y))
+    hr, hy, dist = buffer.sample(cfg.hard_pairs_per_step)
+    return torch.cat([hr, hy]), dist
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -365,6 +419,13 @@ def train(cfg: TrainConfig) -> Path:
     else:
         photos = _photo_dataset(cfg)
         dataset = DistortedCopies(photos, cfg.distortions_per_ref, cfg.seed) if need_rank else photos
+    labeller = buffer = None
+    if pairs and cfg.hard_pairs_per_step:
+        from .hard_pairs import HardPairBuffer, TeacherLabeller
+
+        labeller = TeacherLabeller(dataset.teachers, cfg.teachers_dir,  # type: ignore[attr-defined]
+                                   dataset.manifest.get("bf16_teachers", []))  # type: ignore[attr-defined]
+        buffer = HardPairBuffer(cfg.hard_buffer, seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator,
                         num_workers=cfg.num_workers, persistent_workers=False, worker_init_fn=_one_thread)
@@ -394,6 +455,11 @@ def train(cfg: TrainConfig) -> Path:
         acc.load_state(str(ckpt_dir))
         state = json.loads((ckpt_dir / "progress.json").read_text())
         acc.print(f"resumed from {ckpt_dir} at step {state['step']}")
+        if buffer is not None and (ckpt_dir / _HARD_FILE).is_file():
+            from safetensors.torch import load_file
+
+            buffer.load_state_dict(load_file(str(ckpt_dir / _HARD_FILE)))
+            acc.print(f"resumed {len(buffer)} mined hard pairs")
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     log_file = open(out / "log.jsonl", "a")
 
@@ -413,6 +479,10 @@ def train(cfg: TrainConfig) -> Path:
         acc.wait_for_everyone()
         acc.save_state(str(ckpt_dir))
         if acc.is_main_process:
+            if buffer is not None and len(buffer):
+                from safetensors.torch import save_file
+
+                save_file(buffer.state_dict(), str(ckpt_dir / _HARD_FILE))
             (ckpt_dir / "progress.json").write_text(json.dumps(state))
         export()
 
@@ -429,6 +499,10 @@ def train(cfg: TrainConfig) -> Path:
                 ref, copies = batch["ref"], batch["copies"]
                 b, k = copies.shape[:2]
                 images = torch.cat([ref[:, None], copies], dim=1).flatten(0, 1)
+                hard_dist = torch.empty(0)
+                if buffer is not None and labeller is not None:
+                    hard_images, hard_dist = _hard_batch(cfg, acc, student, ref, buffer, labeller, state["step"])
+                    images = torch.cat([images, hard_images.to(images)])
             elif human:
                 ref, b, k = batch["ref"], batch["ref"].shape[0], 2
                 copies = torch.stack([batch["x0"], batch["x1"]], dim=1)
@@ -468,7 +542,10 @@ def train(cfg: TrainConfig) -> Path:
                 logs["hinge"] = hinge.detach()
                 logs["pair_agreement"] = ((y * (d0 - d1)) > 0)[keep].float().mean()
             if pairs and consensus is not None:
-                loss = loss + _pair_terms(cfg, emb, norms, batch["distances"].to(emb.device), consensus, b, k, logs)
+                n_main = b * (k + 1)
+                hard = (emb[n_main:], hard_dist.to(emb.device)) if buffer is not None else None
+                loss = loss + _pair_terms(cfg, emb[:n_main], norms[:n_main], batch["distances"].to(emb.device),
+                                          consensus, b, k, logs, hard)
             if need_rank and dist_teachers is not None:
                 e = emb.view(b, k + 1, -1)
                 d_student = cosine_distance(e[:, :1].expand(-1, k, -1).flatten(0, 1), e[:, 1:].flatten(0, 1))

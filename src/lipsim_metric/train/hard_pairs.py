@@ -1,0 +1,196 @@
+"""Hard pairs mined against the student itself and labelled by the teachers (stage "pairs", ``hard_weight > 0``).
+
+The blind spot of a pooled 1-Lipschitz embedding: perturbations that keep each block's feature statistics move the
+distance very little, however visible they are. Feature inversion from noise (``examples/feature_inversion.py``) and
+a denoiser trained with the metric as its loss (``examples/loss_denoise.py``) both find them. A fixed label set rarely
+contains them, because its distortions are not chosen against the student.
+
+This module finds them during training and asks the teachers what they are:
+
+1. **Mine.** For references ``x`` of the current batch, search a perturbation ``delta`` of fixed l2 energy
+   ``||delta|| = R`` that *minimises* the student's distance ``d_S(x, clip(x + delta))``: projected normalised
+   gradient descent on the sphere of radius ``R``, from white Gaussian noise (``R`` drawn log-uniformly from an RMS
+   range per pixel) or, with probability ``uniform_fraction``, from a uniform-noise image (the start of the inversion
+   test; ``R`` is then its own distance to ``x``). This is the adversary of the metric's *sensitivity* (the usual
+   attack maximises the distance; this one hides a distortion of given energy).
+2. **Label.** The teachers (the label set's, in its order and precision) measure ``d_T(x, y)``. If the mined image is
+   visibly distorted they say so; if it is a real invariance (a shift, a flat-region change) they do not, and the
+   student is not pushed against it.
+3. **Replay.** Mined pairs join a bounded buffer (float16 pixels); every step a few of them are drawn, embedded by the
+   current student and appended to the batch's pairs in the correlation and pooled-ranking terms, with their
+   consensus score on the label set's scale (:class:`~lipsim_metric.train.pair_objective.ConsensusTarget`).
+
+Labels come from teachers, not from the student, so a pair mined by an older student stays a correct training
+example; the buffer is a growing data set of the student's former blind spots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import torch
+
+from ..certificates import cosine_distance, project_embedding
+
+__all__ = ["mine_blind_perturbations", "HardPairBuffer", "TeacherLabeller", "projected_embedder"]
+
+Embed = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t.flatten(1), dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def mine_blind_perturbations(embed: Embed, ref: torch.Tensor, *, steps: int, rms_range: tuple[float, float],
+                             uniform_fraction: float = 0.0, step_fraction: float = 0.25,
+                             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images ``y = clip(x + delta)`` with ``||delta||`` fixed, chosen to minimise the student's distance to ``x``.
+
+    Args:
+        embed: maps images ``(N, 3, H, W)`` in ``[0, 1]`` to projected embeddings ``(N, D)`` (differentiable).
+        ref: references ``(B, 3, H, W)`` in ``[0, 1]``.
+        steps: gradient steps on the sphere (``0`` returns the starting points).
+        rms_range: ``(lo, hi)``: per-pixel RMS of the Gaussian start, drawn log-uniformly; ``R = rms * sqrt(numel)``.
+        uniform_fraction: probability that a reference starts from a uniform-noise image instead (then ``R`` is that
+            image's distance to the reference).
+        step_fraction: the first step moves ``step_fraction * R`` along the normalised negative gradient (later ones
+            less, down to a tenth, on a cosine schedule), before the projection back onto the sphere. The iterate with
+            the smallest distance is returned.
+        generator: seeds the starting noise.
+
+    Returns:
+        ``(B, 3, H, W)`` in ``[0, 1]``, detached. Clipping to the image range can leave ``||y - x||`` below ``R``.
+    """
+    lo, hi = rms_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"rms_range must satisfy 0 < lo <= hi, got {rms_range}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    ref = ref.detach().float()
+    b = ref.shape[0]
+    n = ref[0].numel()
+    dev = ref.device
+    u = torch.rand(b, generator=generator).to(dev)
+    rms = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+    gauss = torch.randn(ref.shape, generator=generator).to(dev)
+    delta = gauss / _flat_norm(gauss) * (rms * math.sqrt(n)).view(-1, 1, 1, 1)
+    if uniform_fraction > 0:
+        pick = (torch.rand(b, generator=generator) < uniform_fraction).to(dev)
+        uni = torch.rand(ref.shape, generator=generator).to(dev) - ref
+        delta = torch.where(pick.view(-1, 1, 1, 1), uni, delta)
+    radius = _flat_norm(delta)
+    with torch.no_grad():
+        e_ref = embed(ref).float()
+    best, best_d = delta.clone(), torch.full((b,), float("inf"), device=dev)
+    for k in range(steps + 1):
+        delta.requires_grad_(k < steps)
+        d = cosine_distance(e_ref, embed((ref + delta).clamp(0, 1)).float())
+        with torch.no_grad():
+            better = d.detach() < best_d
+            best = torch.where(better.view(-1, 1, 1, 1), delta.detach(), best)
+            best_d = torch.where(better, d.detach(), best_d)
+        if k == steps:
+            break
+        (grad,) = torch.autograd.grad(d.sum(), delta)
+        with torch.no_grad():  # step shrinks from step_fraction * R to a tenth of it (cosine), then back on the sphere
+            size = step_fraction * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / steps)))
+            moved = delta.detach() - size * radius * grad / _flat_norm(grad)
+            delta = moved / _flat_norm(moved) * radius
+    delta = best
+    return (ref + delta.detach()).clamp(0, 1)
+
+
+class TeacherLabeller:
+    """The label set's teachers, in its order and precision: ``(ref, y) -> (N, T)`` distances.
+
+    Args:
+        names: teacher names (``PairLabelSet.teachers``).
+        teachers_dir: folder of the teacher weights.
+        bf16: the teachers run under bfloat16 autocast (the label set manifest's ``bf16_teachers``).
+    """
+
+    def __init__(self, names: Sequence[str], teachers_dir: str | None, bf16: Sequence[str] = ()) -> None:
+        from .teachers import build_distance_teacher
+
+        self.names = list(names)
+        self.bf16 = set(bf16)
+        self.nets = [build_distance_teacher(n, teachers_dir=teachers_dir).eval().to(memory_format=torch.channels_last)
+                     for n in self.names]
+
+    @torch.no_grad()
+    def __call__(self, ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ref = ref.float().contiguous(memory_format=torch.channels_last)
+        y = y.float().contiguous(memory_format=torch.channels_last)
+        out = []
+        for name, net in zip(self.names, self.nets, strict=True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in self.bf16 and ref.device.type == "cpu"):
+                out.append(cast(Any, net)(ref, y).float().flatten())
+        return torch.stack(out, dim=1)
+
+
+class HardPairBuffer:
+    """Bounded replay buffer of mined pairs ``(ref, y, teacher distances)``; the oldest leave first.
+
+    Args:
+        capacity: most pairs kept.
+        seed: seeds :meth:`sample`.
+    """
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.refs: list[torch.Tensor] = []
+        self.images: list[torch.Tensor] = []
+        self.distances: list[torch.Tensor] = []
+        self.generator = torch.Generator().manual_seed(seed)
+        self.added = 0
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def add(self, ref: torch.Tensor, y: torch.Tensor, distances: torch.Tensor) -> None:
+        """Store ``B`` pairs: ``ref``, ``y`` ``(B, 3, H, W)``, ``distances`` ``(B, T)``."""
+        for r, im, d in zip(ref.detach().cpu().half(), y.detach().cpu().half(), distances.detach().cpu().float(),
+                            strict=True):
+            self.refs.append(r)
+            self.images.append(im)
+            self.distances.append(d)
+            self.added += 1
+        overflow = len(self.refs) - self.capacity
+        if overflow > 0:
+            del self.refs[:overflow], self.images[:overflow], self.distances[:overflow]
+
+    def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``k`` pairs drawn without replacement (fewer if the buffer holds fewer): float32 images, distances."""
+        if not self.refs:
+            raise ValueError("the hard-pair buffer is empty")
+        idx = torch.randperm(len(self.refs), generator=self.generator)[: min(k, len(self.refs))].tolist()
+        return (torch.stack([self.refs[i] for i in idx]).float(), torch.stack([self.images[i] for i in idx]).float(),
+                torch.stack([self.distances[i] for i in idx]))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors to save with a checkpoint (the buffer is rebuilt on resume)."""
+        if not self.refs:
+            return {}
+        return {"refs": torch.stack(self.refs), "images": torch.stack(self.images),
+                "distances": torch.stack(self.distances)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.refs = list(state.get("refs", torch.empty(0)))
+        self.images = list(state.get("images", torch.empty(0)))
+        self.distances = list(state.get("distances", torch.empty(0)))
+
+
+def projected_embedder(student: torch.nn.Module, projection: str, constant: float,
+                       autocast: Callable[[], Any]) -> Embed:
+    """``images -> projected embeddings`` of ``student`` under the training autocast (for :func:`mine_blind_perturbations`)."""
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            feats = student(images)
+        return project_embedding(feats.float(), projection, constant)[0]  # type: ignore[arg-type]
+
+    return embed

@@ -1,0 +1,117 @@
+"""Hard pairs mined against the student (lipsim_metric.train.hard_pairs) and their use in stage "pairs"."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_fixtures import smooth_photos
+
+from lipsim_metric import create_backbone
+from lipsim_metric.certificates import cosine_distance
+from lipsim_metric.train.hard_pairs import HardPairBuffer, mine_blind_perturbations, projected_embedder
+
+
+def _embedder() -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    torch.manual_seed(0)
+    net = create_backbone("lipsim-fast", input_size=64, pooling="mean_std", channel_scale=True, linear_depth=0,
+                          embed_dim=None).eval()
+    return net, projected_embedder(net, "append", 1.0, contextlib.nullcontext)
+
+
+def test_mining_keeps_the_energy_and_lowers_the_distance() -> None:
+    net, embed = _embedder()
+    ref = 0.25 + 0.5 * torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    kwargs = {"rms_range": (0.02, 0.05)}
+    start = mine_blind_perturbations(embed, ref, steps=0, generator=torch.Generator().manual_seed(3), **kwargs)
+    mined = mine_blind_perturbations(embed, ref, steps=6, generator=torch.Generator().manual_seed(3), **kwargs)
+    again = mine_blind_perturbations(embed, ref, steps=6, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert torch.equal(mined, again)  # seeded
+    # rms <= 0.05 around references in [0.25, 0.75]: nothing is clipped, so the perturbation keeps its energy
+    e_start = (start - ref).flatten(1).norm(dim=1)
+    e_mined = (mined - ref).flatten(1).norm(dim=1)
+    n = ref[0].numel()
+    assert torch.all(e_start >= 0.02 * math.sqrt(n) - 1e-3) and torch.all(e_start <= 0.05 * math.sqrt(n) + 1e-3)
+    assert torch.allclose(e_mined, e_start, rtol=1e-4)
+    with torch.no_grad():
+        e_ref = embed(ref)
+        d_start = cosine_distance(e_ref, embed(start))
+        d_mined = cosine_distance(e_ref, embed(mined))
+    assert torch.all(d_mined < d_start)  # the search hides the perturbation from the student
+    assert all(p.grad is None for p in net.parameters())  # the search leaves the student's gradients alone
+
+
+def test_mining_from_uniform_noise_and_bad_arguments() -> None:
+    _, embed = _embedder()
+    ref = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    y = mine_blind_perturbations(embed, ref, steps=2, rms_range=(0.01, 0.01), uniform_fraction=1.0,
+                                 generator=torch.Generator().manual_seed(0))
+    assert y.shape == ref.shape and y.min() >= 0 and y.max() <= 1
+    assert (y - ref).flatten(1).norm(dim=1).min() > 0.2 * math.sqrt(ref[0].numel())  # far: a noise image
+    with pytest.raises(ValueError, match="rms_range"):
+        mine_blind_perturbations(embed, ref, steps=1, rms_range=(0.1, 0.01))
+    with pytest.raises(ValueError, match="steps"):
+        mine_blind_perturbations(embed, ref, steps=-1, rms_range=(0.1, 0.1))
+
+
+def test_buffer_evicts_oldest_samples_and_round_trips() -> None:
+    buf = HardPairBuffer(3, seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        buf.sample(1)
+    for i in range(5):
+        buf.add(torch.full((1, 3, 4, 4), i / 10), torch.full((1, 3, 4, 4), i / 10 + 0.5), torch.tensor([[float(i)]]))
+    assert len(buf) == 3 and buf.added == 5
+    r, y, d = buf.sample(10)
+    assert r.shape == (3, 3, 4, 4) and r.dtype == torch.float32 and sorted(d.flatten().tolist()) == [2.0, 3.0, 4.0]
+    other = HardPairBuffer(3)
+    other.load_state_dict(buf.state_dict())
+    assert len(other) == 3 and torch.equal(torch.stack(other.distances), torch.stack(buf.distances))
+    with pytest.raises(ValueError, match="capacity"):
+        HardPairBuffer(0)
+
+
+def test_stage_pairs_with_hard_pairs_trains_checkpoints_and_resumes(shared_dir: Path, tmp_path: Path) -> None:
+    from lipsim_metric.train import engine, labels
+
+    photos = smooth_photos(tmp_path / "photos", 2)
+    out = tmp_path / "set"
+    assert labels.main(["build", "--images", str(photos), "--out", str(out), "--teachers", "lpips-alex",
+                        "--teachers-dir", str(shared_dir / "teachers"), "--copies", "3", "--size", "64",
+                        "--bf16-teachers", "", "--quiet"]) == 0
+    run = tmp_path / "run"
+    kwargs = {"input_size": 64, "pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None}
+    settings = ["stage=pairs", f"labels={out}", f"labels_images={photos}", f"output_dir={run}", "regress_weight=0",
+                "image_size=64", f"backbone_kwargs={json.dumps(kwargs)}", "batch_size=2", "num_workers=0",
+                "log_every=1", "warmup_steps=1", "checkpoint_every=2", f"teachers_dir={shared_dir / 'teachers'}",
+                "hard_pairs_per_step=2", "hard_mine_every=1", "hard_mine_refs=1", "hard_mine_steps=2"]
+    engine.train(engine.load_config(None, [*settings, "max_steps=2"]))
+    saved = run / "checkpoint" / "hard_pairs.safetensors"
+    assert saved.is_file()
+    engine.train(engine.load_config(None, [*settings, "max_steps=3"]))  # resumes with the saved buffer
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["hard_score"]) for r in log)
+    assert 0.0 <= log[-1]["hard_z_rank"] <= 1.0
+    from safetensors.torch import load_file
+
+    # one mined pair per step, one teacher: 2 saved at step 2, reloaded on resume, + 1 at step 3 (1 without resume)
+    assert load_file(str(saved))["distances"].shape == (3, 1)
+
+
+@pytest.mark.parametrize("override, match", [
+    (["hard_pairs_per_step=-1"], "hard_pairs_per_step"),
+    (["hard_mine_every=0"], "hard_mine_every"),
+    (["hard_rms=[0.3, 0.1]"], "hard_rms"),
+    (["stage=distill", "hard_pairs_per_step=2"], "stage 'pairs'"),
+])
+def test_hard_pair_config_is_checked(override: list[str], match: str) -> None:
+    from lipsim_metric.train import engine
+
+    with pytest.raises(ValueError, match=match):
+        engine.load_config(None, ["stage=pairs", "labels=somewhere", *override])
