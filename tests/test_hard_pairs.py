@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from data_fixtures import smooth_photos
-
 from lipsim_metric import create_backbone
 from lipsim_metric.certificates import cosine_distance
 from lipsim_metric.train.hard_pairs import HardPairBuffer, mine_blind_perturbations, projected_embedder

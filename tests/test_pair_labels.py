@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from data_fixtures import smooth_photos
-
 from lipsim_metric import create_backbone
 from lipsim_metric.layers import ChannelScale, MeanStdPool2d
 from lipsim_metric.train.distortions import list_families, sample_distortion

@@ -34,7 +34,7 @@ import torch
 
 from ..certificates import cosine_distance, project_embedding
 
-__all__ = ["mine_blind_perturbations", "HardPairBuffer", "TeacherLabeller", "projected_embedder"]
+__all__ = ["mine_blind_perturbations", "HardPairBuffer", "TeacherLabeller", "projected_embedder", "hard_batch"]
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
 
@@ -186,7 +186,10 @@ class HardPairBuffer:
 
 def projected_embedder(student: torch.nn.Module, projection: str, constant: float,
                        autocast: Callable[[], Any]) -> Embed:
-    """``images -> projected embeddings`` of ``student`` under the training autocast (for :func:`mine_blind_perturbations`)."""
+    """``images -> projected embeddings`` of ``student`` under the training autocast.
+
+    For :func:`mine_blind_perturbations`.
+    """
 
     def embed(images: torch.Tensor) -> torch.Tensor:
         with autocast():
@@ -194,3 +197,20 @@ def projected_embedder(student: torch.nn.Module, projection: str, constant: floa
         return project_embedding(feats.float(), projection, constant)[0]  # type: ignore[arg-type]
 
     return embed
+
+
+def hard_batch(cfg: Any, acc: Any, student: torch.nn.Module, ref: torch.Tensor, buffer: Any, labeller: Any,
+                step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mine new hard pairs every ``hard_mine_every`` steps, then draw ``hard_pairs_per_step`` from the buffer.
+
+    Returns the images to embed (references then mined images, ``(2H, 3, H, W)``) and their teacher distances.
+    """
+    if step % cfg.hard_mine_every == 0 or not len(buffer):
+        r = ref[: cfg.hard_mine_refs].to(acc.device).float()
+        embed = projected_embedder(student, cfg.projection, cfg.constant, acc.autocast)
+        y = mine_blind_perturbations(embed, r, steps=cfg.hard_mine_steps, rms_range=(cfg.hard_rms[0], cfg.hard_rms[1]),
+                                     uniform_fraction=cfg.hard_uniform_fraction,
+                                     generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        buffer.add(r, y, labeller(r, y))
+    hr, hy, dist = buffer.sample(cfg.hard_pairs_per_step)
+    return torch.cat([hr, hy]), dist
