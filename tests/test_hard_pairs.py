@@ -53,6 +53,13 @@ def test_mining_from_uniform_noise_and_bad_arguments() -> None:
                                  generator=torch.Generator().manual_seed(0))
     assert y.shape == ref.shape and y.min() >= 0 and y.max() <= 1
     assert (y - ref).flatten(1).norm(dim=1).min() > 0.2 * math.sqrt(ref[0].numel())  # far: a noise image
+    # a chain continues from where it was: zero steps give the start back, more steps keep its energy
+    cont = mine_blind_perturbations(embed, ref, steps=0, rms_range=(1.0, 1.0), start=y)
+    assert torch.allclose(cont, y, atol=1e-6)
+    cont = mine_blind_perturbations(embed, ref, steps=2, rms_range=(1.0, 1.0), start=y)
+    assert (cont - ref).flatten(1).norm(dim=1).max() <= (y - ref).flatten(1).norm(dim=1).max() + 1e-3
+    with pytest.raises(ValueError, match="shape"):
+        mine_blind_perturbations(embed, ref, steps=1, rms_range=(1.0, 1.0), start=y[:1])
     with pytest.raises(ValueError, match="rms_range"):
         mine_blind_perturbations(embed, ref, steps=1, rms_range=(0.1, 0.01))
     with pytest.raises(ValueError, match="steps"):
@@ -68,6 +75,10 @@ def test_buffer_evicts_oldest_samples_and_round_trips() -> None:
     assert len(buf) == 3 and buf.added == 5
     r, y, d = buf.sample(10)
     assert r.shape == (3, 3, 4, 4) and r.dtype == torch.float32 and sorted(d.flatten().tolist()) == [2.0, 3.0, 4.0]
+    refs, images = buf.pop(2)
+    assert refs.shape == (2, 3, 4, 4) and len(buf) == 1
+    assert torch.allclose(images - refs, torch.full_like(refs, 0.5), atol=1e-3)  # float16 storage
+    buf.add(refs, images, torch.tensor([[7.0], [8.0]]))
     other = HardPairBuffer(3)
     other.load_state_dict(buf.state_dict())
     assert len(other) == 3 and torch.equal(torch.stack(other.distances), torch.stack(buf.distances))
@@ -101,12 +112,18 @@ def test_stage_pairs_with_hard_pairs_trains_checkpoints_and_resumes(shared_dir: 
 
     # one mined pair per step, one teacher: 2 saved at step 2, reloaded on resume, + 1 at step 3 (1 without resume)
     assert load_file(str(saved))["distances"].shape == (3, 1)
+    # persistent chains: every mining continues one buffered pair (the buffer does not grow) once there is one
+    chain = tmp_path / "chain"
+    settings = [s.replace(f"output_dir={run}", f"output_dir={chain}") for s in settings]
+    engine.train(engine.load_config(None, [*settings, "max_steps=3", "hard_mine_refs=1", "hard_continue_fraction=1"]))
+    assert load_file(str(chain / "checkpoint" / "hard_pairs.safetensors"))["distances"].shape == (1, 1)
 
 
 @pytest.mark.parametrize("override, match", [
     (["hard_pairs_per_step=-1"], "hard_pairs_per_step"),
     (["hard_mine_every=0"], "hard_mine_every"),
     (["hard_rms=[0.3, 0.1]"], "hard_rms"),
+    (["hard_continue_fraction=1.5"], "hard_continue_fraction"),
     (["stage=distill", "hard_pairs_per_step=2"], "stage 'pairs'"),
 ])
 def test_hard_pair_config_is_checked(override: list[str], match: str) -> None:

@@ -100,6 +100,7 @@ class TrainConfig:
     hard_mine_steps: int = 8  # projected gradient steps of each search
     hard_rms: list[float] = field(default_factory=lambda: [0.02, 0.3])  # per-pixel RMS range of the perturbation
     hard_uniform_fraction: float = 0.25  # searches started from a uniform-noise image (the inversion test's start)
+    hard_continue_fraction: float = 0.0  # searches that continue a buffered chain against the current student
     hard_buffer: int = 128  # replay buffer capacity (pairs)
     # optimisation
     batch_size: int = 16
@@ -150,6 +151,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
                          "hard_mine_steps >= 0")
     if cfg.hard_pairs_per_step and cfg.stage != "pairs":
         raise ValueError("hard pairs (hard_pairs_per_step > 0) need stage 'pairs' (their labels join its objective)")
+    if not 0 <= cfg.hard_continue_fraction <= 1 or not 0 <= cfg.hard_uniform_fraction <= 1:
+        raise ValueError("hard_continue_fraction and hard_uniform_fraction must lie in [0, 1]")
     if len(cfg.hard_rms) != 2 or not 0 < cfg.hard_rms[0] <= cfg.hard_rms[1]:
         raise ValueError(f"hard_rms must be [lo, hi] with 0 < lo <= hi, got {cfg.hard_rms}")
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):

@@ -21,7 +21,10 @@ This module finds them during training and asks the teachers what they are:
    consensus score on the label set's scale (:class:`~lipsim_metric.train.pair_objective.ConsensusTarget`).
 
 Labels come from teachers, not from the student, so a pair mined by an older student stays a correct training
-example; the buffer is a growing data set of the student's former blind spots.
+example; the buffer is a growing data set of the student's former blind spots. With ``hard_continue_fraction > 0``
+some searches take a buffered pair out, continue it against the current student and put it back relabelled
+(*persistent chains*, as in persistent contrastive divergence): a chain accumulates many more steps than one search
+costs, which is what the 500-step inversion test spends.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
 
 def mine_blind_perturbations(embed: Embed, ref: torch.Tensor, *, steps: int, rms_range: tuple[float, float],
                              uniform_fraction: float = 0.0, step_fraction: float = 0.25,
-                             generator: torch.Generator | None = None) -> torch.Tensor:
+                             generator: torch.Generator | None = None,
+                             start: torch.Tensor | None = None) -> torch.Tensor:
     """Images ``y = clip(x + delta)`` with ``||delta||`` fixed, chosen to minimise the student's distance to ``x``.
 
     Args:
@@ -59,6 +63,8 @@ def mine_blind_perturbations(embed: Embed, ref: torch.Tensor, *, steps: int, rms
             less, down to a tenth, on a cosine schedule), before the projection back onto the sphere. The iterate with
             the smallest distance is returned.
         generator: seeds the starting noise.
+        start: continue earlier searches instead: images ``(B, 3, H, W)`` (e.g. mined before, by an older student);
+            ``R = ||start - x||`` and no noise is drawn (persistent chains reach deeper than a few steps can).
 
     Returns:
         ``(B, 3, H, W)`` in ``[0, 1]``, detached. Clipping to the image range can leave ``||y - x||`` below ``R``.
@@ -72,11 +78,16 @@ def mine_blind_perturbations(embed: Embed, ref: torch.Tensor, *, steps: int, rms
     b = ref.shape[0]
     n = ref[0].numel()
     dev = ref.device
-    u = torch.rand(b, generator=generator).to(dev)
-    rms = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
-    gauss = torch.randn(ref.shape, generator=generator).to(dev)
-    delta = gauss / _flat_norm(gauss) * (rms * math.sqrt(n)).view(-1, 1, 1, 1)
-    if uniform_fraction > 0:
+    if start is not None:
+        if start.shape != ref.shape:
+            raise ValueError(f"start must have the shape of ref {tuple(ref.shape)}, got {tuple(start.shape)}")
+        delta = start.detach().float().to(dev) - ref
+    else:
+        u = torch.rand(b, generator=generator).to(dev)
+        rms = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        gauss = torch.randn(ref.shape, generator=generator).to(dev)
+        delta = gauss / _flat_norm(gauss) * (rms * math.sqrt(n)).view(-1, 1, 1, 1)
+    if uniform_fraction > 0 and start is None:
         pick = (torch.rand(b, generator=generator) < uniform_fraction).to(dev)
         uni = torch.rand(ref.shape, generator=generator).to(dev) - ref
         delta = torch.where(pick.view(-1, 1, 1, 1), uni, delta)
@@ -163,6 +174,15 @@ class HardPairBuffer:
         if overflow > 0:
             del self.refs[:overflow], self.images[:overflow], self.distances[:overflow]
 
+    def pop(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Remove ``k`` random pairs (fewer if the buffer holds fewer) and return their float32 ``(refs, images)``."""
+        idx = sorted(torch.randperm(len(self.refs), generator=self.generator)[: min(k, len(self.refs))].tolist())
+        refs = torch.stack([self.refs[i] for i in idx]).float() if idx else torch.empty(0)
+        images = torch.stack([self.images[i] for i in idx]).float() if idx else torch.empty(0)
+        for i in reversed(idx):
+            del self.refs[i], self.images[i], self.distances[i]
+        return refs, images
+
     def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``k`` pairs drawn without replacement (fewer if the buffer holds fewer): float32 images, distances."""
         if not self.refs:
@@ -201,16 +221,28 @@ def projected_embedder(student: torch.nn.Module, projection: str, constant: floa
 
 def hard_batch(cfg: Any, acc: Any, student: torch.nn.Module, ref: torch.Tensor, buffer: Any, labeller: Any,
                 step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mine new hard pairs every ``hard_mine_every`` steps, then draw ``hard_pairs_per_step`` from the buffer.
+    """Mine hard pairs every ``hard_mine_every`` steps, then draw ``hard_pairs_per_step`` from the buffer.
+
+    Of the ``hard_mine_refs`` searches, a ``hard_continue_fraction`` continue chains taken out of the buffer; the rest
+    start from noise around references of the batch.
 
     Returns the images to embed (references then mined images, ``(2H, 3, H, W)``) and their teacher distances.
     """
     if step % cfg.hard_mine_every == 0 or not len(buffer):
-        r = ref[: cfg.hard_mine_refs].to(acc.device).float()
         embed = projected_embedder(student, cfg.projection, cfg.constant, acc.autocast)
-        y = mine_blind_perturbations(embed, r, steps=cfg.hard_mine_steps, rms_range=(cfg.hard_rms[0], cfg.hard_rms[1]),
-                                     uniform_fraction=cfg.hard_uniform_fraction,
-                                     generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
-        buffer.add(r, y, labeller(r, y))
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        n_cont = min(len(buffer), round(cfg.hard_mine_refs * cfg.hard_continue_fraction))
+        if n_cont:  # persistent chains: searches of older students, continued against this one and labelled anew
+            r, start = buffer.pop(n_cont)
+            r = r.to(acc.device)
+            y = mine_blind_perturbations(embed, r, steps=cfg.hard_mine_steps, rms_range=(1.0, 1.0), start=start,
+                                         generator=gen)
+            buffer.add(r, y, labeller(r, y))
+        r = ref[: cfg.hard_mine_refs - n_cont].to(acc.device).float()
+        if len(r):
+            y = mine_blind_perturbations(embed, r, steps=cfg.hard_mine_steps,
+                                         rms_range=(cfg.hard_rms[0], cfg.hard_rms[1]),
+                                         uniform_fraction=cfg.hard_uniform_fraction, generator=gen)
+            buffer.add(r, y, labeller(r, y))
     hr, hy, dist = buffer.sample(cfg.hard_pairs_per_step)
     return torch.cat([hr, hy]), dist
