@@ -76,3 +76,13 @@ def test_main_job_matches_golden(capsys) -> None:
     got = {p["name"]: p["distance"] for p in out["pairs"]}
     for row in GOLDEN["pairs"]:
         assert got[row["pair"]] == pytest.approx(row["distance"], rel=1e-3, abs=1e-5)
+
+
+def test_the_wheel_carries_only_the_default_weights() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    include = data["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    filename = get_pretrained_cfg(DEFAULT_WEIGHTS).filename
+    assert include == {f"weights/{filename}": f"lipsim_metric/weights/{filename}"}
