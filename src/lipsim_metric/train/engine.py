@@ -367,7 +367,8 @@ def train(cfg: TrainConfig) -> Path:
                          backbone_kwargs=backbone_kwargs, projection=cfg.projection, constant=cfg.constant,
                          training=json.dumps({"stage": cfg.stage, "step": state["step"],
                                               "embedding_teacher": cfg.embedding_teacher,
-                                              "distance_teachers": cfg.distance_teachers,
+                                              "distance_teachers": (dataset.teachers if pairs  # type: ignore[attr-defined]
+                                                                    else cfg.distance_teachers),
                                               "labels": cfg.labels}))
         return path
 
