@@ -220,7 +220,7 @@ def projected_embedder(student: torch.nn.Module, projection: str, constant: floa
 
 
 def hard_batch(cfg: Any, acc: Any, student: torch.nn.Module, ref: torch.Tensor, buffer: Any, labeller: Any,
-                step: int) -> tuple[torch.Tensor, torch.Tensor]:
+               step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mine hard pairs every ``hard_mine_every`` steps, then draw ``hard_pairs_per_step`` from the buffer.
 
     Of the ``hard_mine_refs`` searches, a ``hard_continue_fraction`` continue chains taken out of the buffer; the rest
