@@ -40,6 +40,18 @@ def small_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+@pytest.fixture()
+def small_file(tmp_path: Path) -> Path:
+    """A random tiny lipsim-fast (seed 0, ``data_fixtures.TINY_BACKBONE``) saved as a weights file in ``tmp_path``."""
+    from data_fixtures import TINY_BACKBONE
+    from lipsim_metric import create_backbone
+    from lipsim_metric.pretrained import save_weights
+
+    torch.manual_seed(0)
+    return save_weights(create_backbone("lipsim-fast", **TINY_BACKBONE), tmp_path / "small.safetensors",
+                        "lipsim-fast", backbone_kwargs=TINY_BACKBONE)
+
+
 def write_noise_photos(folder: Path, n: int, height: int = 64, width: int = 64) -> Path:
     """Create ``folder`` with ``n`` uniform-noise RGB PNGs (``img{i}.png``, seed 0) and return it."""
     import numpy as np

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+#: Backbone settings of the small saved-weights file of the ``small_file`` fixture (conftest.py): lipsim-fast at 64x64.
+TINY_BACKBONE = {"input_size": 64, "embed_dim": 128, "linear_hidden": 32}
+
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a - b) ** 2).mean(dim=(1, 2, 3))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_fixtures import TINY_BACKBONE
 from lipsim_metric import (
     DEFAULT_WEIGHTS,
     EmbeddingResult,
@@ -22,14 +23,7 @@ from lipsim_metric import (
 from lipsim_metric import hub as H
 from lipsim_metric import pretrained as P
 
-SMALL = {"input_size": 64, "embed_dim": 128, "linear_hidden": 32}
-
-
-@pytest.fixture()
-def small_file(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    return P.save_weights(create_backbone("lipsim-fast", **SMALL), tmp_path / "small.safetensors", "lipsim-fast",
-                          backbone_kwargs=SMALL)
+SMALL = TINY_BACKBONE  # the backbone of the small_file fixture (conftest.py)
 
 
 def _unregistered_cfg(small_file: Path, **changes) -> PretrainedCfg:

@@ -7,17 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_fixtures import TINY_BACKBONE
 from lipsim_metric import LipSim, create_backbone, get_pretrained_cfg, list_pretrained
 from lipsim_metric import pretrained as P
 
-SMALL = {"input_size": 64, "embed_dim": 128, "linear_hidden": 32}
-
-
-@pytest.fixture()
-def small_file(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    return P.save_weights(create_backbone("lipsim-fast", **SMALL), tmp_path / "small.safetensors", "lipsim-fast",
-                          backbone_kwargs=SMALL)
+SMALL = TINY_BACKBONE  # the backbone of the small_file fixture (conftest.py)
 
 
 @pytest.fixture()
