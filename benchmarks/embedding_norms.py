@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from lipsim_metric import LipSim
+from lipsim_metric.metric import EmbeddingResult
 from lipsim_metric.images import find_images, load_image_resized
 
 
@@ -30,7 +31,9 @@ def norm_quartiles(weights: str, images: list[torch.Tensor], batch_size: int = 3
     norms = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            norms.append(metric.embed(torch.stack(images[i:i + batch_size]), return_norm=True).augmented_norm)
+            out = metric.embed(torch.stack(images[i:i + batch_size]), return_norm=True)
+            assert isinstance(out, EmbeddingResult)
+            norms.append(out.augmented_norm)
     return torch.quantile(torch.cat(norms), torch.tensor([0.25, 0.5, 0.75])).tolist()
 
 
