@@ -93,3 +93,59 @@ def test_pair_agreement_refuses_a_non_positive_constant_before_any_work(tmp_path
                              "--out", str(tmp_path / "out")])
     assert exc.value.code == 2 and "--constant must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _spectrum_ends(f: torch.nn.Module, shape: tuple[int, ...], iters: int = 300) -> tuple[float, float]:
+    """Largest and smallest eigenvalue of a symmetric linear map with spectrum in [0, 1], by power iteration on
+    ``f`` and on ``I - f``."""
+    g = torch.Generator().manual_seed(0)
+    hi, lo = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    for _ in range(iters):
+        hi = f(hi)
+        hi = hi / hi.norm()
+        lo = lo - f(lo)
+        lo = lo / lo.norm()
+    return float(f(hi).norm()), float(f(lo).norm())
+
+
+@pytest.mark.parametrize("w,order", [(0.2, 8), (0.05, 3), (0.5, 1)])
+def test_low_frequency_damp_spectrum_lies_in_w_to_1(w: float, order: int) -> None:
+    from lipsim_metric.layers import LowFrequencyDamp
+
+    f = LowFrequencyDamp(w, order)
+    with torch.no_grad():
+        top, bottom = _spectrum_ends(f, (1, 3, 24, 20))
+        # symmetric: <f(x), y> = <x, f(y)>
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(2, 3, 24, 20, generator=g), torch.randn(2, 3, 24, 20, generator=g)
+        torch.testing.assert_close((f(x) * y).sum(), (x * f(y)).sum(), rtol=1e-5, atol=1e-4)
+    assert 0.98 < top <= 1.0 + 1e-5  # high frequencies pass at full weight, never more
+    assert w - 1e-5 <= bottom < w + 0.1  # injective; smooth images are turned down to about w
+
+
+def test_low_frequency_damp_keeps_noise_and_turns_down_a_brightness_shift() -> None:
+    from lipsim_metric.layers import LowFrequencyDamp
+
+    f = LowFrequencyDamp(0.2, 32)
+    noise = 0.1 * torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    shift = torch.full((1, 3, 224, 224), 0.1)
+    with torch.no_grad():
+        assert float(f(noise).norm() / noise.norm()) > 0.98
+        assert float(f(shift).norm() / shift.norm()) < 0.25
+    assert LowFrequencyDamp(1.0)(noise) is noise
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="low_weight"):
+            LowFrequencyDamp(bad)
+
+
+def test_filtered_pixel_branch_is_one_lipschitz_and_has_no_new_parameters() -> None:
+    torch.manual_seed(0)
+    plain = create_backbone("lipsim-fast", **KW).eval()
+    filtered = create_backbone("lipsim-fast", pixel_weight=0.6, pixel_low_weight=0.2, pixel_low_order=4, **KW).eval()
+    filtered.load_state_dict(plain.state_dict())  # strict: the filter is a fixed, non-persistent buffer
+    report = assert_one_lipschitz(filtered, points=2, power_iters=15, steps=15)
+    assert report.ratio <= 1.0 + 1e-4
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        lhs = (filtered(x) - filtered(x.flip(0))).square().sum(1)
+    assert (lhs >= 0.36 * 0.04 * (x - x.flip(0)).square().flatten(1).sum(1) * (1 - 1e-5)).all()  # injective

@@ -36,6 +36,7 @@ from .layers import (
     ChannelScale,
     ChannelZeroPad,
     Flatten,
+    LowFrequencyDamp,
     MeanStdPool2d,
     PixelUnshuffle,
     SLLConv2d,
@@ -123,6 +124,10 @@ class FastBackbone(LipschitzBackbone):
         pixel_weight: ``a`` in ``[0, 1)``; when positive the output is ``[sqrt(1 - a^2) F(x); a (x - mu)]``: the
             convolutional features ``F(x)`` (after ``embed_dim`` truncation) followed by the mean-shifted pixels
             (``3 S^2`` more coordinates). See :meth:`forward` for why this stays 1-Lipschitz and what it buys.
+        pixel_low_weight: ``w`` in ``(0, 1]``: the pixel part passes through :class:`LowFrequencyDamp` (``x - (1 - w)
+            B x``, ``B`` a binomial blur of order ``pixel_low_order``) first, so smooth shifts (brightness, gamma,
+            colour) count ``w`` times less than noise; 1-Lipschitz and injective. ``1`` (the default): plain pixels.
+        pixel_low_order: order ``k`` of the blur (standard deviation ``sqrt(k / 2)`` pixels).
     """
 
     def __init__(
@@ -138,6 +143,8 @@ class FastBackbone(LipschitzBackbone):
         pooling: str = "sum",
         channel_scale: bool = False,
         pixel_weight: float = 0.0,
+        pixel_low_weight: float = 1.0,
+        pixel_low_order: int = 32,
     ) -> None:
         if not 0.0 <= pixel_weight < 1.0:
             raise ValueError(f"pixel_weight must be in [0, 1), got {pixel_weight}")
@@ -155,6 +162,7 @@ class FastBackbone(LipschitzBackbone):
         super().__init__("lipsim-fast", input_size, embed_dim + pixels, input_shift=_IMAGENET_MEAN)
         self.feature_dim = embed_dim  # F(x) coordinates; the pixel part follows them
         self.pixel_weight = float(pixel_weight)
+        self.pixel_filter = LowFrequencyDamp(pixel_low_weight, pixel_low_order)
         self.stage1 = nn.Sequential(PixelUnshuffle(4), *[SLLConv2d(c1, stage1_hidden) for _ in range(stage1_depth)])
         self.stage2 = nn.Sequential(PixelUnshuffle(2), *[SLLConv2d(c2, stage2_hidden) for _ in range(stage2_depth)])
         pool: list[nn.Module] = [SumPool2d(4) if pooling == "sum" else MeanStdPool2d(4)]
@@ -180,7 +188,7 @@ class FastBackbone(LipschitzBackbone):
             return feats
         shift: torch.Tensor = self.input_shift  # type: ignore[assignment]
         a = self.pixel_weight
-        pixels = (x - shift.to(x.dtype)).flatten(1).to(feats.dtype)
+        pixels = self.pixel_filter(x - shift.to(x.dtype)).flatten(1).to(feats.dtype)
         return torch.cat([math.sqrt(1.0 - a * a) * feats, a * pixels], dim=1)
 
 

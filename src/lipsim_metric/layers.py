@@ -40,6 +40,7 @@ __all__ = [
     "Flatten",
     "MeanStdPool2d",
     "ChannelScale",
+    "LowFrequencyDamp",
     "safe_reciprocal",
     "T_SAFETY",
     "exact_dtype",
@@ -444,3 +445,54 @@ class ChannelScale(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
+
+
+class LowFrequencyDamp(nn.Module):
+    """Turn down the low spatial frequencies of an image: ``y = x - (1 - w) B x``, 1-Lipschitz and injective.
+
+    ``B`` is a fixed separable binomial blur of order ``k`` (per channel, kernel ``C(2k, j) / 4^k``, ``j = 0..2k``, a
+    Gaussian of standard deviation ``sqrt(k / 2)`` pixels) with zero padding, and ``w`` in ``(0, 1]`` is the weight the
+    output keeps at frequency zero. ``w = 1`` is the identity.
+
+    Lipschitz argument: along one axis, the zero-padded "same" convolution with the length-``2k+1`` kernel is the
+    compression ``P C P^T`` of a circulant ``C`` on a circle of length ``n + 2k`` (the signal zero-extended, then
+    restricted), and ``C``'s eigenvalues are the kernel's frequency response ``cos(omega / 2)^(2k)`` in ``[0, 1]``.
+    A compression of a symmetric matrix with eigenvalues in ``[0, 1]`` is symmetric with eigenvalues in ``[0, 1]``
+    (Cauchy interlacing), and so is the Kronecker product of the two axes' operators. Hence ``B`` is symmetric with
+    spectrum in ``[0, 1]``, ``I - (1 - w) B`` is symmetric with spectrum in ``[w, 1]``: its operator norm is at most 1
+    (1-Lipschitz, linear) and its smallest singular value at least ``w > 0`` (injective: ``||y - y'|| >= w ||x - x'||``).
+
+    What it is for: a pixel term ``a (x - mu)`` charges a brightness, gamma or colour shift (mostly low frequencies,
+    forgiven by the human-calibrated teachers) as much as noise (mostly high frequencies, not forgiven); through this
+    filter the pixel term charges smooth shifts ``w`` times less and keeps noise nearly at full weight.
+    Shapes: ``(N, C, H, W)`` in, same out.
+    """
+
+    lipschitz_bound: float = 1.0
+
+    def __init__(self, low_weight: float, order: int = 32) -> None:
+        super().__init__()
+        if not 0.0 < low_weight <= 1.0:
+            raise ValueError(f"low_weight must be in (0, 1], got {low_weight}")
+        if order < 1:
+            raise ValueError(f"order must be >= 1, got {order}")
+        self.low_weight, self.order = float(low_weight), int(order)
+        kernel = torch.tensor([math.comb(2 * order, j) for j in range(2 * order + 1)], dtype=torch.float64)
+        self.register_buffer("kernel", (kernel / kernel.sum()).float(), persistent=False)
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x``: the separable binomial blur with zero padding (per channel)."""
+        c, k = x.shape[1], self.order
+        kernel = self.kernel.to(x.dtype)
+        rows = kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1)
+        cols = kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1)
+        x = F.conv2d(x, rows, padding=(0, k), groups=c)
+        return F.conv2d(x, cols, padding=(k, 0), groups=c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.low_weight == 1.0:
+            return x
+        return x - (1.0 - self.low_weight) * self.blur(x)
+
+    def extra_repr(self) -> str:
+        return f"low_weight={self.low_weight}, order={self.order}"
