@@ -121,6 +121,8 @@ class FastBackbone(LipschitzBackbone):
             and block spreads, twice the features; the spreads see noise, grain and blocking that block means
             average away).
         channel_scale: learned per-channel weights in (0, 1) on the pooled maps (:class:`ChannelScale`).
+        pool_size: side of the pooling blocks on the 28x28 maps (4: a 7x7 grid; 2: a 14x14 grid, 4x the features,
+            which pin the image down more finely).
         pixel_weight: ``a`` in ``[0, 1)``; when positive the output is ``[sqrt(1 - a^2) F(x); a (x - mu)]``: the
             convolutional features ``F(x)`` (after ``embed_dim`` truncation) followed by the mean-shifted pixels
             (``3 S^2`` more coordinates). See :meth:`forward` for why this stays 1-Lipschitz and what it buys.
@@ -142,6 +144,7 @@ class FastBackbone(LipschitzBackbone):
         input_size: int = 224,
         pooling: str = "sum",
         channel_scale: bool = False,
+        pool_size: int = 4,
         pixel_weight: float = 0.0,
         pixel_low_weight: float = 1.0,
         pixel_low_order: int = 32,
@@ -152,9 +155,11 @@ class FastBackbone(LipschitzBackbone):
             raise ValueError(f"input_size must be a multiple of 32, got {input_size}")
         if pooling not in ("sum", "mean_std"):
             raise ValueError(f"pooling must be 'sum' or 'mean_std', got {pooling!r}")
+        if pool_size < 1 or (input_size // 8) % pool_size:
+            raise ValueError(f"pool_size must divide input_size / 8 = {input_size // 8}, got {pool_size}")
         c1, c2 = 3 * 16, 3 * 16 * 4
         pooled = c2 * (2 if pooling == "mean_std" else 1)
-        features = pooled * (input_size // 32) ** 2
+        features = pooled * (input_size // (8 * pool_size)) ** 2
         embed_dim = features if embed_dim is None else embed_dim
         if embed_dim > features:
             raise ValueError(f"embed_dim={embed_dim} exceeds the {features} features available")
@@ -165,7 +170,7 @@ class FastBackbone(LipschitzBackbone):
         self.pixel_filter = LowFrequencyDamp(pixel_low_weight, pixel_low_order)
         self.stage1 = nn.Sequential(PixelUnshuffle(4), *[SLLConv2d(c1, stage1_hidden) for _ in range(stage1_depth)])
         self.stage2 = nn.Sequential(PixelUnshuffle(2), *[SLLConv2d(c2, stage2_hidden) for _ in range(stage2_depth)])
-        pool: list[nn.Module] = [SumPool2d(4) if pooling == "sum" else MeanStdPool2d(4)]
+        pool: list[nn.Module] = [SumPool2d(pool_size) if pooling == "sum" else MeanStdPool2d(pool_size)]
         if channel_scale:
             pool.append(ChannelScale(pooled))
         self.pool = nn.Sequential(*pool, Flatten())
