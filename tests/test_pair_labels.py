@@ -168,3 +168,17 @@ def test_feature_inversion_example_runs(tmp_path: Path) -> None:
                         "--out", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())["results"]
     assert set(result) == {"lipsim", "psnr"} and result["lipsim"]["above_jpeg_q30"] in ("0/1", "1/1")
+
+
+def test_finer_pooling_grid_is_one_lipschitz_and_has_four_times_the_features() -> None:
+    from lipsim_metric.testing import assert_one_lipschitz
+
+    torch.manual_seed(0)
+    kw = {"input_size": 32, "pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None}
+    coarse = create_backbone("lipsim-fast", **kw)
+    fine = create_backbone("lipsim-fast", pool_size=2, **kw).eval()
+    assert fine.embed_dim == 4 * coarse.embed_dim == 4 * 384
+    fine.load_state_dict(coarse.state_dict())  # same parameters: the grid is not learned
+    assert assert_one_lipschitz(fine, points=2, power_iters=10, steps=10).ratio <= 1.0 + 1e-4
+    with pytest.raises(ValueError, match="pool_size"):
+        create_backbone("lipsim-fast", pool_size=3, **kw)
