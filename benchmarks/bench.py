@@ -180,6 +180,8 @@ def build_report(args: argparse.Namespace, argv: Sequence[str], machine: dict[st
         "; dreamsim-like = torchvision ViT-B/16 + 2 x ViT-B/32, an approximation of DreamSim's DINO ViT-B/16 + CLIP "
         "ViT-B/32 + OpenCLIP ViT-B/32 ensemble",
     ]
+    if getattr(args, "lipsim_weights", None):
+        facts.append(f"lipsim-fast: the architecture of `{args.lipsim_weights}` (a candidate), not the shipped default")
     parts += [f"- {fact}" for fact in facts] + [""]
     if model_rows:
         parts += [f"### Distance throughput ({IMAGE_SIZE}x{IMAGE_SIZE} pairs)", "", model_table(model_rows), ""]
@@ -260,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder of LPIPS weight files: use the package's LPIPS implementation instead of the "
                              "random-weight architecture")
     parser.add_argument("--train-backbone", default=DEFAULT_BACKBONE, help="backbone of the train section")
+    parser.add_argument("--lipsim-weights", default=None,
+                        help="time this weights file as lipsim-fast instead of the shipped default (a candidate)")
     parser.add_argument("--train-batch-sizes", type=_csv(int), default=None,
                         help="images per training step (default CPU 32, CUDA 128,256)")
     parser.add_argument("--image-sizes", type=_csv(int), default=None,

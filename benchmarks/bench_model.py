@@ -118,10 +118,15 @@ class DreamSimLike(nn.Module):
         return 1 - F.cosine_similarity(e[:n], e[n:], dim=1)
 
 
-def build_model(name: str, teachers_dir: str | None, check_inputs: bool) -> nn.Module:
-    """The distance module ``(x0, x1) -> (N,)`` named ``name`` (see the module docstring)."""
+def build_model(name: str, teachers_dir: str | None, check_inputs: bool,
+                lipsim_weights: str | None = None) -> nn.Module:
+    """The distance module ``(x0, x1) -> (N,)`` named ``name`` (see the module docstring).
+
+    ``lipsim_weights``: a weights file to time as ``lipsim-fast`` instead of the shipped default (a candidate's
+    architecture, before it is registered)."""
     if name == LIPSIM:  # the shipped default weights: their architecture (backbone_kwargs) is what users run
-        return LipSim(check_inputs=check_inputs)
+        return LipSim(weights=lipsim_weights, check_inputs=check_inputs) if lipsim_weights else \
+            LipSim(check_inputs=check_inputs)
     if name == PAPER:
         return LipSim(name, pretrained=False, check_inputs=check_inputs)
     if name in ("lpips-alex", "lpips-vgg"):
@@ -141,7 +146,8 @@ def bench_models(args: argparse.Namespace, device: torch.device) -> list[Row]:
     generator = torch.Generator().manual_seed(args.seed)
     for name in args.models:
         try:
-            model = build_model(name, args.teachers_dir, not args.no_check_inputs).to(device).eval()
+            model = build_model(name, args.teachers_dir, not args.no_check_inputs,
+                                getattr(args, "lipsim_weights", None)).to(device).eval()
         except Exception as exc:
             rows.append(Row("model", name, str(device), "-", "-", 0, status="error",
                             note=f"cannot build: {type(exc).__name__}: {exc}"))
