@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from lipsim_metric import LipSim
-from lipsim_metric.metric import EmbeddingResult
 from lipsim_metric.images import find_images, load_image_resized
+from lipsim_metric.metric import EmbeddingResult
 
 
 def norm_quartiles(weights: str, images: list[torch.Tensor], batch_size: int = 32) -> list[float]:

@@ -460,7 +460,8 @@ class LowFrequencyDamp(nn.Module):
     A compression of a symmetric matrix with eigenvalues in ``[0, 1]`` is symmetric with eigenvalues in ``[0, 1]``
     (Cauchy interlacing), and so is the Kronecker product of the two axes' operators. Hence ``B`` is symmetric with
     spectrum in ``[0, 1]``, ``I - (1 - w) B`` is symmetric with spectrum in ``[w, 1]``: its operator norm is at most 1
-    (1-Lipschitz, linear) and its smallest singular value at least ``w > 0`` (injective: ``||y - y'|| >= w ||x - x'||``).
+    (1-Lipschitz, linear) and its smallest singular value at least ``w > 0`` (injective:
+    ``||y - y'|| >= w ||x - x'||``).
 
     What it is for: a pixel term ``a (x - mu)`` charges a brightness, gamma or colour shift (mostly low frequencies,
     forgiven by the human-calibrated teachers) as much as noise (mostly high frequencies, not forgiven); through this
