@@ -484,7 +484,8 @@ class LowFrequencyDamp(nn.Module):
     def blur(self, x: torch.Tensor) -> torch.Tensor:
         """``B x``: the separable binomial blur with zero padding (per channel)."""
         c, k = x.shape[1], self.order
-        kernel = self.kernel.to(x.dtype)
+        buf: torch.Tensor = self.kernel  # type: ignore[assignment]
+        kernel = buf.to(x.dtype)
         rows = kernel.reshape(1, 1, 1, -1).expand(c, 1, 1, -1)
         cols = kernel.reshape(1, 1, -1, 1).expand(c, 1, -1, 1)
         x = F.conv2d(x, rows, padding=(0, k), groups=c)
