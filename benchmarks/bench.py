@@ -339,6 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.lipsim_weights and not Path(args.lipsim_weights).is_file():
+            parser.error(f"--lipsim-weights {args.lipsim_weights}: no such file (give a .safetensors weights file, "
+                         "e.g. a run's student.safetensors)")
         devices = _resolve(args, parser)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)

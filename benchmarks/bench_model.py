@@ -125,8 +125,7 @@ def build_model(name: str, teachers_dir: str | None, check_inputs: bool,
     ``lipsim_weights``: a weights file to time as ``lipsim-fast`` instead of the shipped default (a candidate's
     architecture, before it is registered)."""
     if name == LIPSIM:  # the shipped default weights: their architecture (backbone_kwargs) is what users run
-        return LipSim(weights=lipsim_weights, check_inputs=check_inputs) if lipsim_weights else \
-            LipSim(check_inputs=check_inputs)
+        return LipSim(weights=lipsim_weights, check_inputs=check_inputs)  # None: the shipped default
     if name == PAPER:
         return LipSim(name, pretrained=False, check_inputs=check_inputs)
     if name in ("lpips-alex", "lpips-vgg"):

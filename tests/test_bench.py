@@ -99,6 +99,9 @@ def test_bad_arguments_exit_2(bench: ModuleType, capsys: pytest.CaptureFixture[s
     assert bench.main(["--models", "lipsim-fast,nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().err
     assert bench.main(["--batch-sizes", "0"]) == 2
+    capsys.readouterr()
+    assert bench.main(["--lipsim-weights", "missing.safetensors", "--sections", "model", "--quick"]) == 2
+    assert "--lipsim-weights missing.safetensors: no such file" in capsys.readouterr().err
 
 
 def test_results_file_appends(bench: ModuleType, tmp_path: Path) -> None:
