@@ -129,6 +129,7 @@ class FastBackbone(LipschitzBackbone):
         pixel_low_weight: ``w`` in ``(0, 1]``: the pixel part passes through :class:`LowFrequencyDamp` (``x - (1 - w)
             B x``, ``B`` a binomial blur of order ``pixel_low_order``) first, so smooth shifts (brightness, gamma,
             colour) count ``w`` times less than noise; 1-Lipschitz and injective. ``1`` (the default): plain pixels.
+            Only used when ``pixel_weight > 0``.
         pixel_low_order: order ``k`` of the blur (standard deviation ``sqrt(k / 2)`` pixels).
     """
 
