@@ -15,16 +15,28 @@ from lipsim_metric.layers import ChannelScale, MeanStdPool2d
 from lipsim_metric.train.distortions import list_families, sample_distortion
 from lipsim_metric.train.pair_objective import ConsensusTarget, correlation_loss, pooled_ranking_loss
 
-NEW = [f for f in list_families("2") if f not in list_families("1")]
+NEW = [f for f in list_families("2") if f not in list_families("1")] + ["exposure"]
 
 
 def test_recipe_2_extends_recipe_1_and_default_draws_stay_recipe_1() -> None:
     assert list_families("2")[:12] == list_families("1") == list_families()
-    assert len(NEW) == 12
+    assert len(NEW) == 13
     drawn = {sample_distortion(np.random.default_rng(i)).families[0] for i in range(300)}
     assert drawn <= set(list_families("1"))
+    assert "exposure" not in list_families("2")
+    assert list_families("3") == ["exposure", "noise", "noise_gray", "noise_pink"]
     with pytest.raises(ValueError, match="recipe"):
-        list_families("3")
+        list_families("4")
+
+
+def test_exposure_reaches_clipping_strengths_both_ways() -> None:
+    """Recipe 3's point: much stronger than recipe 2's brightness (factor up to 1.5), with clipped highlights."""
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    outs = [sample_distortion(np.random.default_rng(i), 1.0, ["exposure"]) for i in range(12)]
+    gains = {round(d.params["exposure"]["gain"], 6) for d in outs}
+    assert gains == {3.0, 0.5}
+    bright = next(d for d in outs if d.params["exposure"]["gain"] == 3.0).apply(x)
+    assert (bright == 1.0).float().mean() > 0.3
 
 
 @pytest.mark.parametrize("family", NEW)
@@ -135,13 +147,25 @@ def test_label_set_build_resume_verify_and_train(shared_dir: Path, tmp_path: Pat
     with pytest.raises(ValueError, match="not the ones"):
         labels.PairLabelSet(out, photos)
     (photos / "extra.png").unlink()
+    # a recipe-3 supplement joins the main set in training (same teachers and copies); other copies are refused
+    extra = tmp_path / "set3"
+    args3 = [a if a != str(out) else str(extra) for a in args]
+    assert labels.main([*args3, "--recipe", "3", "--max-refs", "2", "--seed", "3"]) == 0
+    both = labels.ConcatPairLabelSets([data, labels.PairLabelSet(extra, photos)])
+    assert len(both) == 5 and both.distances.shape == (5, 1, 3)
+    assert torch.equal(both[3]["distances"], labels.PairLabelSet(extra, photos)[0]["distances"])
+    assert {f.split("+")[0] for f in labels.PairLabelSet(extra, photos).families()} <= set(list_families("3"))
+    four = tmp_path / "set4"
+    assert labels.main([*[a if a != str(out) else str(four) for a in args], "--copies", "4", "--max-refs", "1"]) == 0
+    with pytest.raises(ValueError, match="copies"):
+        labels.ConcatPairLabelSets([data, labels.PairLabelSet(four, photos)])
 
     run = tmp_path / "run"
     kwargs = {"input_size": 64, "pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None}
     cfg = engine.load_config(None, [
         "stage=pairs", f"labels={out}", f"labels_images={photos}", f"output_dir={run}", "regress_weight=0",
         "image_size=64", f"backbone_kwargs={json.dumps(kwargs)}", "batch_size=2", "max_steps=2", "num_workers=0",
-        "radius_margin=0.5", "radius_weight=0.5", "log_every=1", "warmup_steps=1"])
+        "radius_margin=0.5", "radius_weight=0.5", "log_every=1", "warmup_steps=1", f"extra_labels=[{extra}]"])
     path = engine.train(cfg)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(np.isfinite(r["loss"]) for r in log) and "corr" in log[0]

@@ -49,6 +49,19 @@ family                parameter                              strength 0      str
 ``block_loss``        fraction of 16x16 blocks replaced      0               0.15               ``seed``
 ====================  =====================================  ==============  =================  =======================
 
+Recipe 3 (``list_families(recipe="3")``, the *photometric stress* recipe) draws from ``exposure`` and three noise
+families only (``noise``, ``noise_gray``, ``noise_pink``), so that about half its pairs combine a strong exposure
+change with noise. It labels what recipe 2 holds only at moderate strength: a denoiser trained with a metric that
+under-charges large photometric shifts learns to brighten, saturate and clip the image to hide its noise.
+
+====================  =====================================  ==============  =================  =======================
+family                parameter                              strength 0      strength 1         drawn from the rng
+====================  =====================================  ==============  =================  =======================
+``exposure``          gain ``(1 + 2 s)`` or ``1 / (1 + s)``  1, 1, 0         3 or 0.5, 2.2,     sign (2/3 brighter),
+                      (then clipped), saturation             (identity)      0.3                unit direction in RGB
+                      ``1 + 1.2 s``, RGB cast (l2 norm)
+====================  =====================================  ==============  =================  =======================
+
 ``jpeg2000`` is a JPEG2000-like stand-in (orthonormal Haar wavelets with a dead-zone uniform quantiser), not the
 JPEG2000 codec: it produces the same kind of blur-plus-ringing-plus-blocking artefacts. ``block_loss`` stands in for
 the transmission errors of TID2013/LIVE: each lost block is concealed by a copy of the block 16 px away in a drawn
@@ -102,7 +115,7 @@ __all__ = [
 #: recipe 1 are unchanged in recipe 2, so ``RECIPE_VERSION`` stays "1" for sets drawn from them.
 RECIPE_VERSION = "1"
 #: Recipes and the families each draws from (:func:`list_families`).
-RECIPES = ("1", "2")
+RECIPES = ("1", "2", "3")
 
 #: Each component of a two-family combination is applied at this fraction of the combination's strength.
 COMBINATION_SCALE = 0.7
@@ -139,6 +152,10 @@ _RINGING_MIN_CUTOFF = 0.08
 _HUE_MAX_SHIFT = 0.15
 _BLOCK_LOSS_MAX_FRACTION = 0.15
 _BLOCK_SIZE = 16
+# recipe 3
+_EXPOSURE_MAX_GAIN = 2.0  # brighter: gain 1 + 2 s; darker: 1 / (1 + s)
+_EXPOSURE_MAX_SATURATION = 1.2
+_EXPOSURE_MAX_CAST = 0.3
 
 
 def _sign(u: float) -> float:
@@ -265,6 +282,15 @@ def _params_block_loss(rng: np.random.Generator, s: float) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------------
 # Appliers: (images (N,3,H,W) float32 in [0,1], params) -> images. Clamping happens once, in Distortion.apply.
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _params_exposure(rng: np.random.Generator, s: float) -> dict[str, Any]:
+    brighter = bool(rng.random() < 2.0 / 3.0)
+    direction = rng.standard_normal(3)
+    direction /= max(float(np.linalg.norm(direction)), 1e-12)
+    gain = 1.0 + _EXPOSURE_MAX_GAIN * s if brighter else 1.0 / (1.0 + s)
+    return {"gain": gain, "saturation": 1.0 + _EXPOSURE_MAX_SATURATION * s,
+            "cast": [float(v) for v in direction * _EXPOSURE_MAX_CAST * s]}
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -543,6 +569,14 @@ def _apply_block_loss(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
     return out
 
 
+def _apply_exposure(x: torch.Tensor, p: Mapping[str, Any]) -> torch.Tensor:
+    if p["gain"] == 1.0 and p["saturation"] == 1.0 and not any(p["cast"]):
+        return x
+    cast = torch.tensor(p["cast"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    out = (x * float(p["gain"]) * (1.0 + cast)).clamp(0.0, 1.0)  # the clipping is part of the distortion
+    return TF.adjust_saturation(out, float(p["saturation"]))
+
+
 _Sampler = Callable[[np.random.Generator, float], dict[str, Any]]
 _Applier = Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
 
@@ -573,8 +607,12 @@ _FAMILIES: dict[str, tuple[_Sampler, _Applier]] = {
     "ringing": (_params_ringing, _apply_ringing),
     "hue": (_params_hue, _apply_hue),
     "block_loss": (_params_block_loss, _apply_block_loss),
+    # recipe 3 (with three recipe-1/2 noise families)
+    "exposure": (_params_exposure, _apply_exposure),
 }
 _RECIPE_1 = tuple(list(_FAMILIES)[:12])
+_RECIPE_2 = tuple(list(_FAMILIES)[:24])
+_RECIPE_3 = ("exposure", "noise", "noise_gray", "noise_pink")
 
 
 def list_families(recipe: str = "1") -> list[str]:
@@ -582,7 +620,8 @@ def list_families(recipe: str = "1") -> list[str]:
 
     Args:
         recipe: ``"1"`` (the default: the families ``sample_distortion`` draws from when ``families`` is None, those of
-            ``val-v1``) or ``"2"`` (recipe 1 plus the IQA-style families of the module docstring's second table).
+            ``val-v1``), ``"2"`` (recipe 1 plus the IQA-style families of the module docstring's second table) or
+            ``"3"`` (the photometric stress recipe: ``exposure`` and three noise families).
 
     Returns:
         The family names accepted by :func:`sample_distortion` and :class:`Distortion`.
@@ -595,7 +634,7 @@ def list_families(recipe: str = "1") -> list[str]:
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
-    return list(_RECIPE_1) if recipe == "1" else list(_FAMILIES)
+    return list({"1": _RECIPE_1, "2": _RECIPE_2, "3": _RECIPE_3}[recipe])
 
 
 def _check_strength(strength: float, name: str = "strength") -> float:

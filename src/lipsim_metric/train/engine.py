@@ -74,6 +74,7 @@ class TrainConfig:
     triplets: str | None = None  # human 2AFC set for stage 2: "night:<root>", "bapps:<root>", "csv:<file>"
     labels: str | None = None  # stage "pairs": a pair label set folder (lipsim_metric.train.labels)
     labels_images: str | None = None  # the photo folder that label set was built from (default: train_dir)
+    extra_labels: list[str] = field(default_factory=list)  # more label sets of the same photo folder, all refs used
     num_workers: int = 1
     # teachers
     teachers_dir: str | None = None
@@ -302,11 +303,16 @@ def train(cfg: TrainConfig) -> Path:
 
     consensus = None
     if pairs:
-        from .labels import PairLabelSet
+        from .labels import ConcatPairLabelSets, PairLabelSet
         from .pair_objective import ConsensusTarget
 
-        dataset: Dataset = PairLabelSet(cfg.labels, cfg.labels_images or cfg.train_dir,  # type: ignore[arg-type]
+        photo_dir = cfg.labels_images or cfg.train_dir
+        dataset: Dataset = PairLabelSet(cfg.labels, photo_dir,  # type: ignore[arg-type]
                                         max_refs=cfg.max_images, cache=cfg.num_workers == 0, flip=True)
+        if cfg.extra_labels:
+            dataset = ConcatPairLabelSets([dataset] + [  # type: ignore[list-item]
+                PairLabelSet(root, photo_dir, cache=cfg.num_workers == 0, flip=True)  # type: ignore[arg-type]
+                for root in cfg.extra_labels])
         consensus = ConsensusTarget(dataset.distances)  # type: ignore[attr-defined]
         acc.print(f"pair label set {cfg.labels}: {len(dataset)} references x {dataset.cfg.copies} copies, "  # type: ignore[arg-type,attr-defined]
                   f"teachers {dataset.teachers}")  # type: ignore[attr-defined]

@@ -48,7 +48,7 @@ from torch.utils.data import Dataset
 from .data import PathLike, PhotoCropDataset, list_images
 from .distortions import RECIPES, Distortion, list_families, sample_distortion
 
-__all__ = ["LabelSetConfig", "build_label_set", "PairLabelSet", "read_manifest", "label_set_info", "main"]
+__all__ = ["LabelSetConfig", "build_label_set", "PairLabelSet", "ConcatPairLabelSets", "read_manifest", "label_set_info", "main"]
 
 _FORMAT = "lipsim_metric.pair_labels"
 
@@ -327,6 +327,41 @@ class PairLabelSet(Dataset):
         if self.flip and bool(torch.rand(()) < 0.5):
             ref, copies = ref.flip(-1), copies.flip(-1)
         return {"ref": ref, "copies": copies, "distances": self.distances[item], "index": index}
+
+
+class ConcatPairLabelSets(Dataset):
+    """Several pair label sets as one dataset (e.g. ``pairs-train-v2`` plus a recipe-3 supplement).
+
+    The sets must share their teachers (same order) and number of copies, so items stack into one batch and the
+    consensus statistics (:class:`~lipsim_metric.train.pair_objective.ConsensusTarget` over :attr:`distances`) cover
+    all of them. :attr:`cfg` and :attr:`manifest` are the first set's.
+
+    Raises:
+        ValueError: if the sets' teachers or copies differ, or no set is given.
+    """
+
+    def __init__(self, sets: Sequence[PairLabelSet]) -> None:
+        if not sets:
+            raise ValueError("ConcatPairLabelSets needs at least one label set.")
+        first = sets[0]
+        for other in sets[1:]:
+            if other.teachers != first.teachers or other.cfg.copies != first.cfg.copies:
+                raise ValueError(f"label sets {first.root} and {other.root} differ in teachers ({first.teachers} vs "
+                                 f"{other.teachers}) or copies ({first.cfg.copies} vs {other.cfg.copies}); build "
+                                 "the supplement with the same --teachers and --copies.")
+        self.sets = list(sets)
+        self.teachers, self.cfg, self.manifest = first.teachers, first.cfg, first.manifest
+        self.distances = torch.cat([s.distances for s in self.sets])
+        self._starts = np.cumsum([0] + [len(s) for s in self.sets])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        if not 0 <= item < len(self):
+            raise IndexError(f"item {item} out of range for {len(self)} references")
+        k = int(np.searchsorted(self._starts, item, side="right")) - 1
+        return self.sets[k][item - int(self._starts[k])]
 
 
 def label_set_info(root: PathLike) -> dict[str, Any]:
