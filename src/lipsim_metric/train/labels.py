@@ -48,7 +48,8 @@ from torch.utils.data import Dataset
 from .data import PathLike, PhotoCropDataset, list_images
 from .distortions import RECIPES, Distortion, list_families, sample_distortion
 
-__all__ = ["LabelSetConfig", "build_label_set", "PairLabelSet", "ConcatPairLabelSets", "read_manifest", "label_set_info", "main"]
+__all__ = ["LabelSetConfig", "build_label_set", "PairLabelSet", "ConcatPairLabelSets", "read_manifest",
+           "label_set_info", "main"]
 
 _FORMAT = "lipsim_metric.pair_labels"
 
