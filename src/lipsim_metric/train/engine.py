@@ -143,6 +143,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ValueError(f"stage must be 'distill', 'finetune' or 'pairs', got {cfg.stage!r}")
     if cfg.stage == "pairs" and not cfg.labels:
         raise ValueError("stage 'pairs' needs labels: a pair label set folder (python -m lipsim_metric.train.labels)")
+    if cfg.extra_labels and cfg.stage != "pairs":
+        raise ValueError("extra_labels (more pair label sets) need stage 'pairs'")
     if not cfg.constant > 0:
         raise ValueError(f"constant (the appended coordinate c) must be > 0, got {cfg.constant}")
     if cfg.radius_weight > 0 and cfg.radius_margin <= 0:
@@ -314,7 +316,8 @@ def train(cfg: TrainConfig) -> Path:
                 PairLabelSet(root, photo_dir, cache=cfg.num_workers == 0, flip=True)  # type: ignore[arg-type]
                 for root in cfg.extra_labels])
         consensus = ConsensusTarget(dataset.distances)  # type: ignore[attr-defined]
-        acc.print(f"pair label set {cfg.labels}: {len(dataset)} references x {dataset.cfg.copies} copies, "  # type: ignore[arg-type,attr-defined]
+        sets = ", ".join([cfg.labels, *cfg.extra_labels])  # type: ignore[list-item]
+        acc.print(f"pair label set {sets}: {len(dataset)} references x {dataset.cfg.copies} copies, "  # type: ignore[arg-type,attr-defined]
                   f"teachers {dataset.teachers}")  # type: ignore[attr-defined]
     elif human:
         dataset = _human_triplets(cfg.triplets, cfg.image_size)  # type: ignore[arg-type]

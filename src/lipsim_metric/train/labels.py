@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from .data import PathLike, PhotoCropDataset, list_images
 from .distortions import RECIPES, Distortion, list_families, sample_distortion
@@ -330,7 +330,7 @@ class PairLabelSet(Dataset):
         return {"ref": ref, "copies": copies, "distances": self.distances[item], "index": index}
 
 
-class ConcatPairLabelSets(Dataset):
+class ConcatPairLabelSets(ConcatDataset):
     """Several pair label sets as one dataset (e.g. ``pairs-train-v2`` plus a recipe-3 supplement).
 
     The sets must share their teachers (same order) and number of copies, so items stack into one batch and the
@@ -350,19 +350,9 @@ class ConcatPairLabelSets(Dataset):
                 raise ValueError(f"label sets {first.root} and {other.root} differ in teachers ({first.teachers} vs "
                                  f"{other.teachers}) or copies ({first.cfg.copies} vs {other.cfg.copies}); build "
                                  "the supplement with the same --teachers and --copies.")
-        self.sets = list(sets)
+        super().__init__(sets)
         self.teachers, self.cfg, self.manifest = first.teachers, first.cfg, first.manifest
-        self.distances = torch.cat([s.distances for s in self.sets])
-        self._starts = np.cumsum([0] + [len(s) for s in self.sets])
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def __getitem__(self, item: int) -> dict[str, Any]:
-        if not 0 <= item < len(self):
-            raise IndexError(f"item {item} out of range for {len(self)} references")
-        k = int(np.searchsorted(self._starts, item, side="right")) - 1
-        return self.sets[k][item - int(self._starts[k])]
+        self.distances = torch.cat([s.distances for s in sets])
 
 
 def label_set_info(root: PathLike) -> dict[str, Any]:
