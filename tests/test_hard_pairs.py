@@ -14,7 +14,12 @@ import torch
 from data_fixtures import smooth_photos
 from lipsim_metric import create_backbone
 from lipsim_metric.certificates import cosine_distance
-from lipsim_metric.train.hard_pairs import HardPairBuffer, mine_blind_perturbations, projected_embedder
+from lipsim_metric.train.hard_pairs import (
+    HardPairBuffer,
+    mine_blind_perturbations,
+    mine_loss_shortcuts,
+    projected_embedder,
+)
 
 
 def _embedder() -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
@@ -64,6 +69,36 @@ def test_mining_from_uniform_noise_and_bad_arguments() -> None:
         mine_blind_perturbations(embed, ref, steps=1, rms_range=(0.1, 0.01))
     with pytest.raises(ValueError, match="steps"):
         mine_blind_perturbations(embed, ref, steps=-1, rms_range=(0.1, 0.1))
+
+
+def test_loss_shortcuts_lower_the_loss_example_loss_and_are_seeded() -> None:
+    net, embed = _embedder()
+    ref = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    kwargs = {"sigma_range": (0.05, 0.2), "size": 32, "lr": 0.01}
+    seen, noisy, y0 = mine_loss_shortcuts(embed, ref, steps=0, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert torch.allclose(y0, noisy, atol=1e-6)  # no step: the shortcut is the noisy copy
+    seen2, noisy2, y = mine_loss_shortcuts(embed, ref, steps=8, generator=torch.Generator().manual_seed(5), **kwargs)
+    _, _, again = mine_loss_shortcuts(embed, ref, steps=8, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert torch.equal(y, again) and torch.equal(noisy, noisy2) and torch.equal(seen, seen2)
+    assert y.shape == ref.shape and y.min() >= 0 and y.max() <= 1
+    # the reference is seen as the metric sees a 32 px crop: smooth, not the original pixels
+    assert (seen - ref).abs().mean() > 0.05
+    small = torch.nn.functional.interpolate(seen, size=(32, 32), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        e_ref = embed(seen)
+
+        def loss(img: torch.Tensor) -> torch.Tensor:
+            low = torch.nn.functional.interpolate(img, size=(32, 32), mode="bilinear", antialias=True)
+            return cosine_distance(e_ref, embed(img)) + 0.1 * (low - small).abs().flatten(1).mean(1)
+
+        assert torch.all(loss(y) < loss(noisy))  # the search finds what the loss prefers to the noisy copy
+    assert all(p.grad is None for p in net.parameters())  # and leaves the student's gradients alone
+    with pytest.raises(ValueError, match="sigma_range"):
+        mine_loss_shortcuts(embed, ref, steps=1, sigma_range=(0.2, 0.1), size=32)
+    with pytest.raises(ValueError, match="size"):
+        mine_loss_shortcuts(embed, ref, steps=1, sigma_range=(0.1, 0.1), size=128)
+    with pytest.raises(ValueError, match="steps"):
+        mine_loss_shortcuts(embed, ref, steps=-1, sigma_range=(0.1, 0.1), size=32)
 
 
 def test_buffer_evicts_oldest_samples_and_round_trips() -> None:
@@ -117,6 +152,11 @@ def test_stage_pairs_with_hard_pairs_trains_checkpoints_and_resumes(shared_dir: 
     settings = [s.replace(f"output_dir={run}", f"output_dir={chain}") for s in settings]
     engine.train(engine.load_config(None, [*settings, "max_steps=3", "hard_mine_refs=1", "hard_continue_fraction=1"]))
     assert load_file(str(chain / "checkpoint" / "hard_pairs.safetensors"))["distances"].shape == (1, 1)
+    # loss shortcuts: each search adds the noisy copy and its shortcut (2 pairs per reference per mining)
+    short = tmp_path / "short"
+    settings = [s.replace(f"output_dir={chain}", f"output_dir={short}") for s in settings]
+    engine.train(engine.load_config(None, [*settings, "max_steps=2", "hard_kind=shortcut", "hard_sizes=[32, 64]"]))
+    assert load_file(str(short / "checkpoint" / "hard_pairs.safetensors"))["distances"].shape == (4, 1)
 
 
 @pytest.mark.parametrize("override, match", [
@@ -125,6 +165,10 @@ def test_stage_pairs_with_hard_pairs_trains_checkpoints_and_resumes(shared_dir: 
     (["hard_rms=[0.3, 0.1]"], "hard_rms"),
     (["hard_continue_fraction=1.5"], "hard_continue_fraction"),
     (["stage=distill", "hard_pairs_per_step=2"], "stage 'pairs'"),
+    (["hard_kind=sideways"], "hard_kind"),
+    (["hard_kind=shortcut", "hard_continue_fraction=0.5"], "persistent chains"),
+    (["hard_kind=shortcut", "hard_sigma=[0.2, 0.1]"], "hard_sigma"),
+    (["hard_kind=shortcut", "hard_sizes=[4]"], "hard_sizes"),
 ])
 def test_hard_pair_config_is_checked(override: list[str], match: str) -> None:
     from lipsim_metric.train import engine

@@ -103,6 +103,11 @@ class TrainConfig:
     hard_uniform_fraction: float = 0.25  # searches started from a uniform-noise image (the inversion test's start)
     hard_continue_fraction: float = 0.0  # searches that continue a buffered chain against the current student
     hard_buffer: int = 128  # replay buffer capacity (pairs)
+    hard_kind: str = "sphere"  # "sphere": fixed-energy noise searches; "shortcut": the loss example's shortcuts
+    hard_sigma: list[float] = field(default_factory=lambda: [0.05, 0.2])  # "shortcut": noise std range
+    hard_sizes: list[int] = field(default_factory=lambda: [64, 96, 128, 224])  # "shortcut": sides the pair is made at
+    hard_l1_weight: float = 0.1  # "shortcut": L1 anchor of the searched loss (the loss example's)
+    hard_lr: float = 0.01  # "shortcut": Adam learning rate on the photometric transform
     # optimisation
     batch_size: int = 16
     lr: float = 1e-3
@@ -158,6 +163,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ValueError("hard_continue_fraction and hard_uniform_fraction must lie in [0, 1]")
     if len(cfg.hard_rms) != 2 or not 0 < cfg.hard_rms[0] <= cfg.hard_rms[1]:
         raise ValueError(f"hard_rms must be [lo, hi] with 0 < lo <= hi, got {cfg.hard_rms}")
+    if cfg.hard_kind not in ("sphere", "shortcut"):
+        raise ValueError(f"hard_kind must be 'sphere' or 'shortcut', got {cfg.hard_kind!r}")
+    if cfg.hard_kind == "shortcut":
+        if cfg.hard_continue_fraction:
+            raise ValueError("hard_continue_fraction (persistent chains) applies to hard_kind 'sphere' only; "
+                             "set it to 0")
+        if len(cfg.hard_sigma) != 2 or not 0 < cfg.hard_sigma[0] <= cfg.hard_sigma[1]:
+            raise ValueError(f"hard_sigma must be [lo, hi] with 0 < lo <= hi, got {cfg.hard_sigma}")
+        if not cfg.hard_sizes or min(cfg.hard_sizes) < 8 or min(cfg.hard_sizes) > cfg.image_size:
+            raise ValueError(f"hard_sizes must list sides in [8, image_size={cfg.image_size}], got {cfg.hard_sizes}")
     if cfg.mixed_precision not in ("no", "bf16", "fp16"):
         raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}")
     if cfg.stage == "finetune" and cfg.distortions_per_ref < 2 and cfg.triplets is None:

@@ -25,6 +25,11 @@ example; the buffer is a growing data set of the student's former blind spots. W
 some searches take a buffered pair out, continue it against the current student and put it back relabelled
 (*persistent chains*, as in persistent contrastive divergence): a chain accumulates many more steps than one search
 costs, which is what the 500-step inversion test spends.
+
+A second kind of search (``hard_kind: shortcut``, :func:`mine_loss_shortcuts`) targets the loss example instead: a
+noisy copy of a reference and a global photometric + smooth + blur transform of it fitted to the loss example's own
+loss (``d_S + 0.1 L1``). Both are labelled, so the ranking terms see "noisy" beside "noisy, hidden behind a colour
+change" for the same reference, with the teachers' verdict on which is closer.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ import torch
 
 from ..certificates import cosine_distance, project_embedding
 
-__all__ = ["mine_blind_perturbations", "HardPairBuffer", "TeacherLabeller", "projected_embedder", "hard_batch"]
+__all__ = ["mine_blind_perturbations", "mine_loss_shortcuts", "HardPairBuffer", "TeacherLabeller", "projected_embedder",
+           "hard_batch"]
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
 
@@ -223,12 +229,27 @@ def hard_batch(cfg: Any, acc: Any, student: torch.nn.Module, ref: torch.Tensor, 
                step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mine hard pairs every ``hard_mine_every`` steps, then draw ``hard_pairs_per_step`` from the buffer.
 
+    ``hard_kind`` "sphere": :func:`mine_blind_perturbations`; "shortcut": :func:`mine_loss_shortcuts` (each search
+    adds two pairs, the noisy copy and its shortcut, at a side drawn from ``hard_sizes``).
+
     Of the ``hard_mine_refs`` searches, a ``hard_continue_fraction`` continue chains taken out of the buffer; the rest
     start from noise around references of the batch.
 
     Returns the images to embed (references then mined images, ``(2H, 3, H, W)``) and their teacher distances.
     """
-    if step % cfg.hard_mine_every == 0 or not len(buffer):
+    if (step % cfg.hard_mine_every == 0 or not len(buffer)) and cfg.hard_kind == "shortcut":
+        embed = projected_embedder(student, cfg.projection, cfg.constant, acc.autocast)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        sizes = [s for s in cfg.hard_sizes if s <= min(ref.shape[-2:])]
+        size = sizes[int(torch.randint(len(sizes), (1,), generator=gen))]
+        r = ref[: cfg.hard_mine_refs].to(acc.device).float()
+        seen, noisy, y = mine_loss_shortcuts(embed, r, steps=cfg.hard_mine_steps, size=size,
+                                             sigma_range=(cfg.hard_sigma[0], cfg.hard_sigma[1]),
+                                             l1_weight=cfg.hard_l1_weight, lr=cfg.hard_lr, generator=gen)
+        both = torch.cat([noisy, y])  # the noisy copy and its shortcut, both labelled: the ranking sees the pair
+        refs2 = torch.cat([seen, seen])
+        buffer.add(refs2, both, labeller(refs2, both))
+    elif step % cfg.hard_mine_every == 0 or not len(buffer):
         embed = projected_embedder(student, cfg.projection, cfg.constant, acc.autocast)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         n_cont = min(len(buffer), round(cfg.hard_mine_refs * cfg.hard_continue_fraction))
@@ -246,3 +267,98 @@ def hard_batch(cfg: Any, acc: Any, student: torch.nn.Module, ref: torch.Tensor, 
             buffer.add(r, y, labeller(r, y))
     hr, hy, dist = buffer.sample(cfg.hard_pairs_per_step)
     return torch.cat([hr, hy]), dist
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
+                                           align_corners=False)
+
+
+def mine_loss_shortcuts(embed: Embed, ref: torch.Tensor, *, steps: int, sigma_range: tuple[float, float],
+                        size: int, l1_weight: float = 0.1, lr: float = 0.01, field: int = 4,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a denoiser trained with the metric as its loss can get away with: ``(refs, noisy, shortcut)``.
+
+    ``examples/loss_denoise.py`` trains a small CNN on noisy 64 px crops with ``d_S(out, clean) + 0.1 L1``; with some
+    weights the CNN learns to *hide* the noise behind a global photometric change (brightening, saturation, a colour
+    cast) that the student charges less for than the noise it covers. This search does the same within a few steps:
+    the reference is seen at ``size`` px (``x' = up(down(x))``, as the metric sees a small crop), the noisy copy is
+    ``n = clip(down(x) + sigma g)`` (``sigma`` log-uniform in ``sigma_range``), and the shortcut is
+
+    ``y = up(clip(M ((1 - w) n + w blur(n)) + b + up(F)))``
+
+    with a per-image colour matrix ``M`` (from the identity), offset ``b``, a ``field x field`` smooth offset ``F`` and
+    a denoising blend ``w`` (3x3 box blur), all fitted by Adam (``lr``) to minimise
+    ``d_S(x', y) + l1_weight mean|y - x'|`` (the loss example's loss). The teachers then say how far ``n`` and ``y`` are
+    really (:class:`TeacherLabeller`); where the student prefers ``y`` to ``n`` and they do not, the ranking terms
+    correct it. A real improvement (the blend removing noise) is labelled as one, so it is not penalised.
+
+    Args:
+        embed: maps images ``(N, 3, H, W)`` in ``[0, 1]`` to projected embeddings (differentiable).
+        ref: references ``(B, 3, H, W)`` in ``[0, 1]``.
+        steps: Adam steps (``0``: the shortcut is the noisy copy itself).
+        sigma_range: ``(lo, hi)`` of the Gaussian noise std, in [0, 1] pixel units.
+        size: side at which the pair is made (``H`` or less), then resized back to ``H x W``.
+        l1_weight: weight of the L1 anchor, as in the loss example.
+        lr: Adam learning rate on the transform's parameters.
+        field: side of the smooth offset grid.
+        generator: seeds the noise and the sigmas.
+
+    Returns:
+        ``(x', n, y)``, each ``(B, 3, H, W)`` in ``[0, 1]``, detached.
+    """
+    lo, hi = sigma_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"sigma_range must satisfy 0 < lo <= hi, got {sigma_range}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    b, c, h, w_ = ref.shape
+    if c != 3 or size < 8 or size > min(h, w_):
+        raise ValueError(f"need RGB references and 8 <= size <= their side, got {tuple(ref.shape)} and size {size}")
+    dev = ref.device
+    small = _resize(ref.detach().float(), size).clamp(0, 1)
+    u = torch.rand(b, generator=generator).to(dev)
+    sigma = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))).view(-1, 1, 1, 1)
+    noisy = (small + sigma * torch.randn(small.shape, generator=generator).to(dev)).clamp(0, 1)
+    blurred = torch.nn.functional.avg_pool2d(noisy, 3, 1, 1, count_include_pad=False)
+
+    def up(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(t, size=(h, w_), mode="bilinear", align_corners=False)
+
+    ref_seen, noisy_seen = up(small), up(noisy)
+    matrix = torch.eye(3, device=dev).repeat(b, 1, 1).requires_grad_(True)
+    offset = torch.zeros(b, 3, 1, 1, device=dev, requires_grad=True)
+    smooth = torch.zeros(b, 3, field, field, device=dev, requires_grad=True)
+    blend = torch.zeros(b, 1, 1, 1, device=dev, requires_grad=True)
+    params = [matrix, offset, smooth, blend]
+
+    def shortcut() -> torch.Tensor:
+        wgt = blend.clamp(0, 1)  # from 0: no step gives the noisy copy back
+        base = (1 - wgt) * noisy + wgt * blurred
+        mixed = torch.einsum("bij,bjhw->bihw", matrix, base) + offset
+        mixed = mixed + torch.nn.functional.interpolate(smooth, size=(size, size), mode="bilinear",
+                                                        align_corners=False)
+        return mixed.clamp(0, 1)
+
+    with torch.no_grad():
+        e_ref = embed(ref_seen).float()
+    opt = torch.optim.Adam(params, lr=lr)
+    best = noisy.clone()
+    best_loss = torch.full((b,), float("inf"), device=dev)
+    for k in range(steps + 1):
+        y_small = shortcut()
+        l1 = (y_small - small).abs().flatten(1).mean(1)
+        loss = cosine_distance(e_ref, embed(up(y_small)).float()) + l1_weight * l1
+        with torch.no_grad():
+            better = loss.detach() < best_loss
+            best = torch.where(better.view(-1, 1, 1, 1), y_small.detach(), best)
+            best_loss = torch.where(better, loss.detach(), best_loss)
+        if k == steps:
+            break
+        grads = torch.autograd.grad(loss.sum(), params)  # only the transform's: the student's own grads stay untouched
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        opt.step()
+    return ref_seen.detach(), noisy_seen.detach(), up(best).detach()
