@@ -35,6 +35,27 @@ def test_registry_lists_and_describes() -> None:
         get_pretrained_cfg("nope")
 
 
+
+@pytest.mark.parametrize("name", sorted(P.RETIRED_WEIGHTS))
+def test_retired_weights_say_where_the_file_is(name: str) -> None:
+    assert name not in list_pretrained()
+    with pytest.raises(ValueError, match="no longer shipped") as info:
+        LipSim(weights=name)
+    assert P.DEFAULT_WEIGHTS in str(info.value) and "git show" in str(info.value)
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout: the history the message points to is not here")
+    import subprocess
+
+    spec = f"{P.RETIRED_WEIGHTS[name]}:weights/{name}.safetensors"
+    assert spec in str(info.value)
+    done = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", spec], capture_output=True, timeout=60)
+    shallow = subprocess.run(["git", "-C", str(repo), "rev-parse", "--is-shallow-repository"], capture_output=True,
+                             text=True, timeout=60).stdout.strip() == "true"
+    if done.returncode and shallow:
+        pytest.skip("shallow clone: the commit the message names is not here")
+    assert done.returncode == 0, f"{spec} is not in git history: {done.stderr.decode()}"
+
 def test_load_by_path_reads_variant_and_architecture(small_file: Path) -> None:
     m = LipSim(weights=small_file)
     assert m.variant == "lipsim-fast" and m.backbone.embed_dim == 128 and m.input_size == 64

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pretrained import PretrainedCfg, get_pretrained_cfg, list_pretrained
+from .pretrained import RETIRED_WEIGHTS, PretrainedCfg, get_pretrained_cfg, list_pretrained
 
 __all__ = [
     "ResolvedWeights",
@@ -149,8 +149,8 @@ def resolve_pretrained(weights: str | os.PathLike[str] | PretrainedCfg, variant:
         cfg: PretrainedCfg = weights
         registered = cfg.name in list_pretrained() and get_pretrained_cfg(cfg.name) == cfg
         name: str | None = cfg.name if registered else None
-    elif isinstance(weights, str) and weights in list_pretrained():
-        cfg, name = get_pretrained_cfg(weights), weights
+    elif isinstance(weights, str) and (weights in list_pretrained() or weights in RETIRED_WEIGHTS):
+        cfg, name = get_pretrained_cfg(weights), weights  # a retired name raises, saying where its file is
     else:
         path = Path(weights)
         if path.suffix != ".safetensors" and not path.is_file():

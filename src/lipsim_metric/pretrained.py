@@ -199,8 +199,26 @@ def default_pretrained(variant: str) -> str:
     return names[0]
 
 
+#: Weights this project shipped once and no longer registers: name -> a commit whose ``weights/`` holds the file.
+RETIRED_WEIGHTS: dict[str, str] = {
+    "lipsim-fast.distill-alex-cpu-v1": "b100586",
+    "lipsim-fast.robust-alex-cpu-v1": "8bfd9a7",
+    "lipsim-fast.robust-alex-cpu-v3": "32e8c6f",
+    "lipsim-fast.robust-alex-cpu-v4": "139315c",
+}
+
+
 def get_pretrained_cfg(name: str) -> PretrainedCfg:
-    """The :class:`PretrainedCfg` registered as ``name`` (``ValueError`` listing valid names otherwise)."""
+    """The :class:`PretrainedCfg` registered as ``name`` (``ValueError`` listing valid names otherwise; for weights
+    that are no longer shipped, the error says how to get the file from git history)."""
+    if name in RETIRED_WEIGHTS and name not in _PRETRAINED:
+        short = name.split(".", 1)[1]
+        raise ValueError(
+            f"pretrained weights {name!r} are no longer shipped (docs/model_card.md, 'Earlier weights'); the default "
+            f"is now {DEFAULT_WEIGHTS!r}. To use the old file, take it from the project's git history and load it "
+            f"by path: `git show {RETIRED_WEIGHTS[name]}:weights/{name}.safetensors > {short}.safetensors`, then "
+            f"LipSim(weights='{short}.safetensors')."
+        )
     if name not in _PRETRAINED:
         raise ValueError(f"unknown pretrained weights {name!r}; registered: {list_pretrained()}")
     return _PRETRAINED[name]
