@@ -171,7 +171,7 @@ def untrained_cfg(variant: str) -> PretrainedCfg:
 _PRETRAINED: dict[str, PretrainedCfg] = {}
 
 #: Name of the weights :class:`lipsim_metric.LipSim` loads by default.
-DEFAULT_WEIGHTS = "lipsim-fast.perceptual-cpu-v1"
+DEFAULT_WEIGHTS = "lipsim-fast.perceptual-cpu-v3"
 
 
 def register_pretrained(cfg: PretrainedCfg) -> PretrainedCfg:
@@ -205,6 +205,8 @@ RETIRED_WEIGHTS: dict[str, str] = {
     "lipsim-fast.robust-alex-cpu-v1": "8bfd9a7",
     "lipsim-fast.robust-alex-cpu-v3": "32e8c6f",
     "lipsim-fast.robust-alex-cpu-v4": "139315c",
+    "lipsim-fast.perceptual-cpu-v1": "aa7c61e",
+    "lipsim-fast.perceptual-cpu-v2": "aa7c61e",
 }
 
 
@@ -317,37 +319,24 @@ def load_state_dict_strict(module: nn.Module,
 
 # --- registered weights -------------------------------------------------------------------------------------------
 
-# Earlier weights of this project (distill-alex-cpu-v1, robust-alex-cpu-v1/v3/v4) are no longer shipped or registered;
+# Earlier weights of this project (distill-alex-cpu-v1, robust-alex-cpu-v1/v3/v4, perceptual-cpu-v1/v2) are no longer
+# shipped or registered (RETIRED_WEIGHTS);
 # their files are in git history and load by path, with their metadata: docs/model_card.md, "Earlier weights".
 register_pretrained(
     PretrainedCfg(
         name=DEFAULT_WEIGHTS,
         variant="lipsim-fast",
-        filename="lipsim-fast.perceptual-cpu-v1.safetensors",
+        filename="lipsim-fast.perceptual-cpu-v3.safetensors",
         hf_hub_id="lipsim-metric/lipsim-fast",
         revision="main",
-        sha256="9aa3133c337446667416d04e1871da587a50f37b00e2304304cbbcd432910d96",
+        sha256="ff37f77a5128071bdef29eb9a80bfcfa7fc574abb1e8e214512165edb0c4b872",
         backbone_kwargs={"pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None},
         input_size=224,
-        training="distance distillation (stage 'pairs') of LPIPS-VGG, DISTS and LPIPS-Alex distances on 544 x 6 "
-        "labelled distortion pairs of ../shared/images/train (recipe 2), with the certified-radius hinge; mean/std "
-        "pooling, convolutions from robust-alex-cpu-v4; 2 CPU cores (configs/pairs_main_cpu.yaml)",
-        model_card="docs/model_card.md",
-    )
-)
-register_pretrained(
-    PretrainedCfg(
-        name="lipsim-fast.perceptual-cpu-v2",
-        variant="lipsim-fast",
-        filename="lipsim-fast.perceptual-cpu-v2.safetensors",
-        hf_hub_id="lipsim-metric/lipsim-fast",
-        revision="main",
-        sha256="65a7db6cf4eca2407badda2e5b387211ca38d7a347ab6aec1db153c3d3376544",
-        backbone_kwargs={"pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None},
-        input_size=224,
-        training="the default trained on for 60 more minutes (5,297 steps, stage 'pairs', same objective) on 800 x 6 "
-        "labelled pairs (configs/pairs_control_cpu.yaml); ranks distortions closer to the teachers than the default "
-        "but is a worse training loss (model card, 'Hard pairs and the control run'): for scores, not as a loss",
+        training="distance distillation (stage 'pairs') of LPIPS-VGG, DISTS and LPIPS-Alex distances on 800 x 6 "
+        "labelled distortion pairs of ../shared/images/train (recipe 2) with the certified-radius hinge, plus hard "
+        "pairs mined by the loss example's own attack (noisy copies hidden behind photometric changes) and labelled "
+        "by the same teachers; mean/std pooling; 2 CPU cores (configs/pairs_shortcut_v2.yaml, from "
+        "perceptual-cpu-v2)",
         model_card="docs/model_card.md",
     )
 )
