@@ -52,6 +52,14 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t.flatten(1), dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
+def _keep_best(best: torch.Tensor, best_value: torch.Tensor, candidate: torch.Tensor,
+               value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, keep whichever of ``best`` and ``candidate`` (``(B, ...)``) has the smaller value (``(B,)``)."""
+    better = value < best_value
+    return (torch.where(better.view(-1, *([1] * (best.dim() - 1))), candidate, best),
+            torch.where(better, value, best_value))
+
+
 def mine_blind_perturbations(embed: Embed, ref: torch.Tensor, *, steps: int, rms_range: tuple[float, float],
                              uniform_fraction: float = 0.0, step_fraction: float = 0.25,
                              generator: torch.Generator | None = None,
@@ -104,10 +112,7 @@ def mine_blind_perturbations(embed: Embed, ref: torch.Tensor, *, steps: int, rms
     for k in range(steps + 1):
         delta.requires_grad_(k < steps)
         d = cosine_distance(e_ref, embed((ref + delta).clamp(0, 1)).float())
-        with torch.no_grad():
-            better = d.detach() < best_d
-            best = torch.where(better.view(-1, 1, 1, 1), delta.detach(), best)
-            best_d = torch.where(better, d.detach(), best_d)
+        best, best_d = _keep_best(best, best_d, delta.detach(), d.detach())
         if k == steps:
             break
         (grad,) = torch.autograd.grad(d.sum(), delta)
@@ -351,10 +356,7 @@ def mine_loss_shortcuts(embed: Embed, ref: torch.Tensor, *, steps: int, sigma_ra
         y_small = shortcut()
         l1 = (y_small - small).abs().flatten(1).mean(1)
         loss = cosine_distance(e_ref, embed(up(y_small)).float()) + l1_weight * l1
-        with torch.no_grad():
-            better = loss.detach() < best_loss
-            best = torch.where(better.view(-1, 1, 1, 1), y_small.detach(), best)
-            best_loss = torch.where(better, loss.detach(), best_loss)
+        best, best_loss = _keep_best(best, best_loss, y_small.detach(), loss.detach())
         if k == steps:
             break
         grads = torch.autograd.grad(loss.sum(), params)  # only the transform's: the student's own grads stay untouched
