@@ -34,6 +34,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ class TrainConfig:
     warmup_steps: int = 50
     max_steps: int = 1000
     max_minutes: float | None = None  # stop cleanly after this wall time (CPU budgets)
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" | "auto" (bf16 on CUDA or a CPU with bf16 hardware)
     seed: int = 0
     # bookkeeping
     log_every: int = 10
@@ -173,8 +174,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ValueError(f"hard_sigma must be [lo, hi] with 0 < lo <= hi, got {cfg.hard_sigma}")
         if not cfg.hard_sizes or min(cfg.hard_sizes) < 8 or min(cfg.hard_sizes) > cfg.image_size:
             raise ValueError(f"hard_sizes must list sides in [8, image_size={cfg.image_size}], got {cfg.hard_sizes}")
-    if cfg.mixed_precision not in ("no", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {cfg.mixed_precision!r}")
+    if cfg.mixed_precision not in ("no", "bf16", "fp16", "auto"):
+        raise ValueError(f"mixed_precision must be 'no', 'bf16', 'fp16' or 'auto', got {cfg.mixed_precision!r}")
     if cfg.stage == "finetune" and cfg.distortions_per_ref < 2 and cfg.triplets is None:
         raise ValueError("stage 'finetune' on generated triplets needs distortions_per_ref >= 2")
     return cfg
@@ -283,6 +284,15 @@ def _load_partial(student: torch.nn.Module, path: str, log: Any) -> None:
 _HARD_FILE = "hard_pairs.safetensors"
 
 
+def resolve_mixed_precision(value: str) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA or on a CPU with bf16 hardware, else ``"no"``; other values unchanged."""
+    if value != "auto":
+        return value
+    from .cpu_bf16 import native_bf16_cpu
+
+    return "bf16" if torch.cuda.is_available() or native_bf16_cpu() else "no"
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run one training stage; returns the path of the exported student weights (safetensors)."""
     from accelerate import Accelerator
@@ -292,7 +302,15 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # under torchrun without CUDA, accelerate sets up gloo DDP only when told cpu=True (else every rank trains alone)
-    acc = Accelerator(mixed_precision=cfg.mixed_precision,
+    precision = resolve_mixed_precision(cfg.mixed_precision)
+    if precision == "bf16" and not torch.cuda.is_available():
+        from .cpu_bf16 import native_bf16_cpu
+
+        if not native_bf16_cpu():
+            warnings.warn("mixed_precision 'bf16' on a CPU without bf16 hardware (AMX / AVX512-BF16) is emulated and "
+                          "several times slower than float32; set mixed_precision: \"no\" "
+                          "(--set mixed_precision=no)", RuntimeWarning, stacklevel=2)
+    acc = Accelerator(mixed_precision=precision,
                       cpu=not torch.cuda.is_available() and torch.distributed.is_available()
                       and torch.distributed.is_torchelastic_launched())
     set_seed(cfg.seed)

@@ -35,12 +35,14 @@ change" for the same reference, with the teachers' verdict on which is closer.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
 
 from ..certificates import cosine_distance, project_embedding
+from .cpu_bf16 import native_bf16_cpu
 
 __all__ = ["mine_blind_perturbations", "mine_loss_shortcuts", "HardPairBuffer", "TeacherLabeller", "projected_embedder",
            "hard_batch"]
@@ -137,7 +139,12 @@ class TeacherLabeller:
         from .teachers import build_distance_teacher
 
         self.names = list(names)
-        self.bf16 = set(bf16)
+        self.bf16 = set(bf16) & set(self.names)
+        if self.bf16 and not torch.cuda.is_available() and not native_bf16_cpu():
+            warnings.warn(f"the label set's teachers {sorted(self.bf16)} ran under bf16, but this CPU has no bf16 "
+                          "hardware (emulated bf16 is several times slower): hard pairs are labelled in float32 "
+                          "(distances differ by about 1e-3 relative)", RuntimeWarning, stacklevel=2)
+            self.bf16 = set()
         self.nets = [build_distance_teacher(n, teachers_dir=teachers_dir).eval().to(memory_format=torch.channels_last)
                      for n in self.names]
 

@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import ConcatDataset, Dataset
 
+from .cpu_bf16 import native_bf16_cpu, resolve_bf16_teachers
 from .data import PathLike, PhotoCropDataset, list_images
 from .distortions import RECIPES, Distortion, list_families, sample_distortion
 
@@ -175,6 +177,11 @@ def build_label_set(
 
     cfg = cfg or LabelSetConfig()
     cfg.check()
+    if set(bf16_teachers) & set(teachers) and not native_bf16_cpu():
+        warnings.warn(f"bf16 autocast for {sorted(set(bf16_teachers) & set(teachers))} on a CPU without bf16 "
+                      "hardware is emulated and several times slower than float32; pass bf16_teachers=() "
+                      "(--bf16-teachers '' or auto) unless you continue a set built with bf16",
+                      RuntimeWarning, stacklevel=2)
     root, out_dir = Path(images), Path(out)
     names = list_images(root)
     files = [str(root / n) for n in names]
@@ -189,9 +196,13 @@ def build_label_set(
     }
     if (out_dir / _MANIFEST).is_file():
         old = read_manifest(out_dir)
-        if {k: old.get(k) for k in manifest if k != "images_root_hint"} != {
-            k: v for k, v in manifest.items() if k != "images_root_hint"
-        }:
+        same = {k: old.get(k) == v for k, v in manifest.items() if k != "images_root_hint"}
+        if not all(same.values()) and [k for k, ok in same.items() if not ok] == ["bf16_teachers"]:
+            raise ValueError(f"{out_dir} was labelled with bf16 teachers {old.get('bf16_teachers')}, not "
+                             f"{manifest['bf16_teachers']}; to continue it pass --bf16-teachers "
+                             f"'{','.join(old.get('bf16_teachers') or [])}' (emulated bf16 is slow on CPUs without "
+                             "bf16 hardware), or choose another --out.")
+        if not all(same.values()):
             raise ValueError(f"{out_dir} holds a label set with other settings or photos; choose another --out.")
     (out_dir / _CHUNKS).mkdir(parents=True, exist_ok=True)
     (out_dir / _MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -403,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True)
     b.add_argument("--teachers", default="lpips-vgg,dists,lpips-alex")
     b.add_argument("--teachers-dir", default=None)
-    b.add_argument("--bf16-teachers", default="lpips-vgg,dists",
-                   help="teachers run under bf16 autocast ('' for none)")
+    b.add_argument("--bf16-teachers", default="auto",
+                   help="teachers run under bf16 autocast: 'auto' (lpips-vgg,dists where the CPU has bf16 hardware, "
+                        "else none), '' for none, or a comma-separated list")
     b.add_argument("--copies", type=int, default=6)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--size", type=int, default=224)
@@ -429,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = LabelSetConfig(seed=args.seed, copies=args.copies, size=args.size, crop=args.crop,
                                  recipe=args.recipe, combine_probability=args.combine_probability,
                                  chunk_size=args.chunk_size)
-            n = build_label_set(args.images, args.out, [t for t in args.teachers.split(",") if t],
-                                args.teachers_dir, cfg, [t for t in args.bf16_teachers.split(",") if t],
+            teachers = [t for t in args.teachers.split(",") if t]
+            n = build_label_set(args.images, args.out, teachers,
+                                args.teachers_dir, cfg, resolve_bf16_teachers(args.bf16_teachers, teachers),
                                 args.max_refs, args.max_minutes, progress=not args.quiet)
             print(json.dumps({"labelled_references": n, "out": args.out}))
             return 0
