@@ -21,6 +21,7 @@ import argparse
 import datetime
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import machine_info  # noqa: E402
 
 
-def _seconds(fn: object, repeats: int) -> float:
+def _seconds(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 

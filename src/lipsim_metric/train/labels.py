@@ -196,13 +196,13 @@ def build_label_set(
     }
     if (out_dir / _MANIFEST).is_file():
         old = read_manifest(out_dir)
-        same = {k: old.get(k) == v for k, v in manifest.items() if k != "images_root_hint"}
-        if not all(same.values()) and [k for k, ok in same.items() if not ok] == ["bf16_teachers"]:
+        differ = [k for k, v in manifest.items() if k != "images_root_hint" and old.get(k) != v]
+        if differ == ["bf16_teachers"]:
             raise ValueError(f"{out_dir} was labelled with bf16 teachers {old.get('bf16_teachers')}, not "
                              f"{manifest['bf16_teachers']}; to continue it pass --bf16-teachers "
                              f"'{','.join(old.get('bf16_teachers') or [])}' (emulated bf16 is slow on CPUs without "
                              "bf16 hardware), or choose another --out.")
-        if not all(same.values()):
+        if differ:
             raise ValueError(f"{out_dir} holds a label set with other settings or photos; choose another --out.")
     (out_dir / _CHUNKS).mkdir(parents=True, exist_ok=True)
     (out_dir / _MANIFEST).write_text(json.dumps(manifest, indent=1))
