@@ -108,7 +108,12 @@ class TrainConfig:
     hard_sigma: list[float] = field(default_factory=lambda: [0.05, 0.2])  # "shortcut": noise std range
     hard_sizes: list[int] = field(default_factory=lambda: [64, 96, 128, 224])  # "shortcut": sides the pair is made at
     hard_l1_weight: float = 0.1  # "shortcut": L1 anchor of the searched loss (the loss example's)
-    hard_lr: float = 0.01  # "shortcut": Adam learning rate on the photometric transform
+    hard_lr: float = 0.01  # "shortcut": Adam learning rate on the photometric transform; "denoiser": the denoiser's
+    hard_denoiser_width: int = 32  # "denoiser": the adversary (train.denoiser_adversary), as in the example
+    hard_denoiser_depth: int = 5
+    hard_denoiser_batch: int = 8  # crops per adversary update (one update per training step)
+    hard_denoiser_reset: int = 200  # adversary updates between restarts from the identity (0: never)
+    hard_within_weight: float = 0.0  # "denoiser": RankNet between the noisy crop and the output of the same crop
     # optimisation
     batch_size: int = 16
     lr: float = 1e-3
@@ -164,9 +169,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ValueError("hard_continue_fraction and hard_uniform_fraction must lie in [0, 1]")
     if len(cfg.hard_rms) != 2 or not 0 < cfg.hard_rms[0] <= cfg.hard_rms[1]:
         raise ValueError(f"hard_rms must be [lo, hi] with 0 < lo <= hi, got {cfg.hard_rms}")
-    if cfg.hard_kind not in ("sphere", "shortcut"):
-        raise ValueError(f"hard_kind must be 'sphere' or 'shortcut', got {cfg.hard_kind!r}")
-    if cfg.hard_kind == "shortcut":
+    if cfg.hard_kind not in ("sphere", "shortcut", "denoiser"):
+        raise ValueError(f"hard_kind must be 'sphere', 'shortcut' or 'denoiser', got {cfg.hard_kind!r}")
+    if cfg.hard_within_weight and cfg.hard_kind != "denoiser":
+        raise ValueError("hard_within_weight (noisy crop vs denoiser output) needs hard_kind 'denoiser'")
+    if cfg.hard_kind == "denoiser" and (cfg.hard_pairs_per_step % 2 or cfg.hard_buffer % 2):
+        raise ValueError("hard_kind 'denoiser' stores pairs in groups of two: hard_pairs_per_step and hard_buffer "
+                         f"must be even, got {cfg.hard_pairs_per_step} and {cfg.hard_buffer}")
+    if cfg.hard_kind == "denoiser" and len(cfg.hard_sizes) != 1:
+        raise ValueError(f"hard_kind 'denoiser' crops one size: set hard_sizes to [side], got {cfg.hard_sizes}")
+    if cfg.hard_kind in ("shortcut", "denoiser"):
         if cfg.hard_continue_fraction:
             raise ValueError("hard_continue_fraction (persistent chains) applies to hard_kind 'sphere' only; "
                              "set it to 0")
@@ -357,13 +369,22 @@ def train(cfg: TrainConfig) -> Path:
     else:
         photos = _photo_dataset(cfg)
         dataset = DistortedCopies(photos, cfg.distortions_per_ref, cfg.seed) if need_rank else photos
-    labeller = buffer = None
+    labeller = buffer = adversary = None
     if pairs and cfg.hard_pairs_per_step:
         from .hard_pairs import HardPairBuffer, TeacherLabeller, hard_batch
 
         labeller = TeacherLabeller(dataset.teachers, cfg.teachers_dir,  # type: ignore[attr-defined]
                                    dataset.manifest.get("bf16_teachers", []))  # type: ignore[attr-defined]
-        buffer = HardPairBuffer(cfg.hard_buffer, seed=cfg.seed)
+        buffer = HardPairBuffer(cfg.hard_buffer, seed=cfg.seed, group=2 if cfg.hard_kind == "denoiser" else 1)
+        if cfg.hard_kind == "denoiser":
+            from .denoiser_adversary import DenoiserAdversary
+
+            adversary = DenoiserAdversary(width=cfg.hard_denoiser_width, depth=cfg.hard_denoiser_depth,
+                                          lr=cfg.hard_lr, crop=cfg.hard_sizes[0],
+                                          sigma_range=(cfg.hard_sigma[0], cfg.hard_sigma[1]),
+                                          l1_weight=cfg.hard_l1_weight, batch=cfg.hard_denoiser_batch,
+                                          reset_every=cfg.hard_denoiser_reset, image_size=cfg.image_size,
+                                          seed=cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator,
                         num_workers=cfg.num_workers, persistent_workers=False, worker_init_fn=_one_thread)
@@ -440,7 +461,8 @@ def train(cfg: TrainConfig) -> Path:
                 images = torch.cat([ref[:, None], copies], dim=1).flatten(0, 1)
                 hard_dist = torch.empty(0)
                 if buffer is not None and labeller is not None:
-                    hard_images, hard_dist = hard_batch(cfg, acc, student, ref, buffer, labeller, int(state["step"]))
+                    hard_images, hard_dist = hard_batch(cfg, acc, student, ref, buffer, labeller, int(state["step"]),
+                                                        adversary)
                     images = torch.cat([images, hard_images.to(images)])
             elif human:
                 ref, b, k = batch["ref"], batch["ref"].shape[0], 2
@@ -485,6 +507,9 @@ def train(cfg: TrainConfig) -> Path:
                 hard = (emb[n_main:], hard_dist.to(emb.device)) if buffer is not None else None
                 loss = loss + pair_terms(cfg, emb[:n_main], norms[:n_main], batch["distances"].to(emb.device),
                                           consensus, b, k, logs, hard)
+                if adversary is not None:  # the adversary's own loss-example numbers, under the current student
+                    res = adversary.last
+                    logs.update(adv_loss=res["loss"], adv_psnr_out=res["psnr_out"], adv_psnr_noisy=res["psnr_noisy"])
             if need_rank and dist_teachers is not None:
                 e = emb.view(b, k + 1, -1)
                 d_student = cosine_distance(e[:, :1].expand(-1, k, -1).flatten(0, 1), e[:, 1:].flatten(0, 1))

@@ -158,6 +158,24 @@ class TeacherLabeller:
                 out.append(cast(Any, net)(ref, y).float().flatten())
         return torch.stack(out, dim=1)
 
+    @torch.no_grad()
+    def copies(self, ref: torch.Tensor, copies: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Distances ``(B, K, T)`` from ``ref`` (``(B, 3, H, W)``) to each of ``K`` image batches of its shape.
+
+        Equal to calling the labeller on ``(ref, copies[k])`` for each ``k``, but each reference's features are
+        computed once (``B + B K`` trunk passes instead of ``2 B K``).
+        """
+        ref = ref.float().contiguous(memory_format=torch.channels_last)
+        flat = torch.cat([c.float() for c in copies]).contiguous(memory_format=torch.channels_last)
+        k = len(copies)
+        out = []
+        for name, net in zip(self.names, self.nets, strict=True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in self.bf16 and ref.device.type == "cpu"):
+                model = cast(Any, net)
+                f_ref = [f.repeat(k, *([1] * (f.dim() - 1))) for f in model.features(ref)]
+                out.append(model.distance_from_features(f_ref, model.features(flat)).float().flatten())
+        return torch.stack(out, dim=1).view(k, ref.shape[0], -1).transpose(0, 1)
+
 
 class HardPairBuffer:
     """Bounded replay buffer of mined pairs ``(ref, y, teacher distances)``; the oldest leave first.
@@ -165,11 +183,15 @@ class HardPairBuffer:
     Args:
         capacity: most pairs kept.
         seed: seeds :meth:`sample`.
+        group: pairs are added, kept, dropped and drawn in runs of this many consecutive pairs (``2`` for
+            ``hard_kind: denoiser``: the noisy crop and the denoiser's output, which the within-crop term compares).
     """
 
-    def __init__(self, capacity: int, seed: int = 0) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
+    def __init__(self, capacity: int, seed: int = 0, group: int = 1) -> None:
+        if capacity < 1 or group < 1 or capacity % group:
+            raise ValueError(f"need capacity >= 1, group >= 1 and capacity a multiple of group, got capacity "
+                             f"{capacity}, group {group}")
+        self.group = group
         self.capacity = capacity
         self.refs: list[torch.Tensor] = []
         self.images: list[torch.Tensor] = []
@@ -181,7 +203,9 @@ class HardPairBuffer:
         return len(self.refs)
 
     def add(self, ref: torch.Tensor, y: torch.Tensor, distances: torch.Tensor) -> None:
-        """Store ``B`` pairs: ``ref``, ``y`` ``(B, 3, H, W)``, ``distances`` ``(B, T)``."""
+        """Store ``B`` pairs (a multiple of ``group``): ``ref``, ``y`` ``(B, 3, H, W)``, ``distances`` ``(B, T)``."""
+        if ref.shape[0] % self.group:
+            raise ValueError(f"add pairs in whole groups of {self.group}, got {ref.shape[0]}")
         for r, im, d in zip(ref.detach().cpu().half(), y.detach().cpu().half(), distances.detach().cpu().float(),
                             strict=True):
             self.refs.append(r)
@@ -194,6 +218,8 @@ class HardPairBuffer:
 
     def pop(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Remove ``k`` random pairs (fewer if the buffer holds fewer) and return their float32 ``(refs, images)``."""
+        if self.group != 1:
+            raise ValueError("pop (persistent chains) needs a buffer of single pairs (group 1)")
         idx = sorted(torch.randperm(len(self.refs), generator=self.generator)[: min(k, len(self.refs))].tolist())
         refs = torch.stack([self.refs[i] for i in idx]).float() if idx else torch.empty(0)
         images = torch.stack([self.images[i] for i in idx]).float() if idx else torch.empty(0)
@@ -202,10 +228,16 @@ class HardPairBuffer:
         return refs, images
 
     def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``k`` pairs drawn without replacement (fewer if the buffer holds fewer): float32 images, distances."""
+        """``k`` pairs drawn without replacement (fewer if the buffer holds fewer): float32 images, distances.
+
+        With ``group > 1``, ``k // group`` whole groups (at least one), each group's pairs consecutive and in order.
+        """
         if not self.refs:
             raise ValueError("the hard-pair buffer is empty")
-        idx = torch.randperm(len(self.refs), generator=self.generator)[: min(k, len(self.refs))].tolist()
+        g = self.group
+        groups = len(self.refs) // g
+        picks = torch.randperm(groups, generator=self.generator)[: min(max(1, k // g), groups)].tolist()
+        idx = [p * g + j for p in picks for j in range(g)]
         return (torch.stack([self.refs[i] for i in idx]).float(), torch.stack([self.images[i] for i in idx]).float(),
                 torch.stack([self.distances[i] for i in idx]))
 
@@ -238,18 +270,33 @@ def projected_embedder(student: torch.nn.Module, projection: str, constant: floa
 
 
 def hard_batch(cfg: Any, acc: Any, student: torch.nn.Module, ref: torch.Tensor, buffer: Any, labeller: Any,
-               step: int) -> tuple[torch.Tensor, torch.Tensor]:
+               step: int, adversary: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mine hard pairs every ``hard_mine_every`` steps, then draw ``hard_pairs_per_step`` from the buffer.
 
     ``hard_kind`` "sphere": :func:`mine_blind_perturbations`; "shortcut": :func:`mine_loss_shortcuts` (each search
-    adds two pairs, the noisy copy and its shortcut, at a side drawn from ``hard_sizes``).
+    adds two pairs, the noisy copy and its shortcut, at a side drawn from ``hard_sizes``); "denoiser": ``adversary``
+    (a :class:`~lipsim_metric.train.denoiser_adversary.DenoiserAdversary`) makes one update every step, and every
+    ``hard_mine_every`` steps ``hard_mine_refs`` of its crops add a group of two pairs each (clean vs noisy, clean vs
+    its output), in that order.
 
     Of the ``hard_mine_refs`` searches, a ``hard_continue_fraction`` continue chains taken out of the buffer; the rest
     start from noise around references of the batch.
 
     Returns the images to embed (references then mined images, ``(2H, 3, H, W)``) and their teacher distances.
     """
-    if (step % cfg.hard_mine_every == 0 or not len(buffer)) and cfg.hard_kind == "shortcut":
+    if cfg.hard_kind == "denoiser":
+        if adversary is None:
+            raise ValueError("hard_kind 'denoiser' needs the adversary")
+        embed = projected_embedder(student, cfg.projection, cfg.constant, acc.autocast)
+        res = adversary.step(embed, ref.to(acc.device))
+        adversary.last = res
+        if step % cfg.hard_mine_every == 0 or not len(buffer):
+            m = min(cfg.hard_mine_refs, res["clean_seen"].shape[0])
+            clean, noisy, out = res["clean_seen"][:m], res["noisy_seen"][:m], res["out_seen"][:m]
+            dist = labeller.copies(clean, [noisy, out])  # (m, 2, T)
+            buffer.add(clean.repeat_interleave(2, dim=0), torch.stack([noisy, out], dim=1).flatten(0, 1),
+                       dist.flatten(0, 1))
+    elif (step % cfg.hard_mine_every == 0 or not len(buffer)) and cfg.hard_kind == "shortcut":
         embed = projected_embedder(student, cfg.projection, cfg.constant, acc.autocast)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         sizes = [s for s in cfg.hard_sizes if s <= min(ref.shape[-2:])]

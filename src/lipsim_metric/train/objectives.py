@@ -82,6 +82,7 @@ def pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distanc
     score = (d_student + 1e-6).log()
     teacher = consensus.standardised(distances)  # (b, T, k)
     z = teacher.mean(dim=1)  # the consensus, (b, k): consensus(distances) without standardising twice
+    loss = d_student.new_zeros(())
     if hard is not None:
         e_h, dist_h = hard
         h = dist_h.shape[0]
@@ -91,10 +92,15 @@ def pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distanc
         logs["hard_score"], logs["hard_z"] = score_h.detach().mean(), t_h.mean(1).mean()
         logs["hard_score_rank"] = (score_h.detach()[:, None] > score.detach().flatten()[None]).float().mean()
         logs["hard_z_rank"] = (t_h.mean(1)[:, None] > z.flatten()[None]).float().mean()
+        if cfg.hard_within_weight > 0:  # groups (noisy crop, denoiser output): lipsim_metric.train.denoiser_adversary
+            from .denoiser_adversary import within_group_ranking
+
+            within, agree_w = within_group_ranking(score_h, t_h, cfg.rank_temperature)
+            loss = loss + cfg.hard_within_weight * within
+            logs["within"], logs["within_agreement"] = within.detach(), agree_w
         teacher = torch.cat([teacher.transpose(0, 1).reshape(teacher.shape[1], -1), t_h.t()], dim=1)  # (T, P)
         score = torch.cat([score.flatten(), score_h])
         z = torch.cat([z.flatten(), t_h.mean(1)])
-    loss = d_student.new_zeros(())
     if cfg.corr_weight > 0:
         corr = correlation_loss(score, z)
         loss = loss + cfg.corr_weight * corr
