@@ -3,6 +3,7 @@ test_valsets, test_pair_labels, test_hard_pairs): deterministic noise photos and
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,21 @@ def smooth_photos(folder: Path, n: int) -> Path:
         img = np.kron(low, np.ones((12, 12, 1)))
         Image.fromarray((img * 255).astype(np.uint8)).save(folder / f"p{i}.png")
     return folder
+
+
+def tiny_pairs_run(shared_dir: Path, tmp_path: Path) -> list[str]:
+    """A 2-photo LPIPS-Alex pair label set at 64 px and the stage-"pairs" config overrides that train on it.
+
+    The overrides name no ``output_dir``; callers add theirs (and the hard-pair keys they test).
+    """
+    from lipsim_metric.train import labels
+
+    photos = smooth_photos(tmp_path / "photos", 2)
+    out = tmp_path / "set"
+    assert labels.main(["build", "--images", str(photos), "--out", str(out), "--teachers", "lpips-alex",
+                        "--teachers-dir", str(shared_dir / "teachers"), "--copies", "3", "--size", "64",
+                        "--bf16-teachers", "", "--quiet"]) == 0
+    kwargs = {"input_size": 64, "pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None}
+    return ["stage=pairs", f"labels={out}", f"labels_images={photos}", "regress_weight=0", "image_size=64",
+            f"backbone_kwargs={json.dumps(kwargs)}", "batch_size=2", "num_workers=0", "log_every=1",
+            "warmup_steps=1", "checkpoint_every=2", f"teachers_dir={shared_dir / 'teachers'}"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_fixtures import smooth_photos
+from data_fixtures import tiny_pairs_run
 from lipsim_metric import create_backbone
 from lipsim_metric.train.denoiser_adversary import DenoiserAdversary, TinyDenoiser, within_group_ranking
 from lipsim_metric.train.hard_pairs import HardPairBuffer, TeacherLabeller, projected_embedder
@@ -103,19 +103,11 @@ def test_labeller_copies_equal_pairwise_calls(shared_dir: Path) -> None:
 
 
 def test_stage_pairs_with_the_denoiser_adversary_trains(shared_dir: Path, tmp_path: Path) -> None:
-    from lipsim_metric.train import engine, labels
+    from lipsim_metric.train import engine
 
-    photos = smooth_photos(tmp_path / "photos", 2)
-    out = tmp_path / "set"
-    assert labels.main(["build", "--images", str(photos), "--out", str(out), "--teachers", "lpips-alex",
-                        "--teachers-dir", str(shared_dir / "teachers"), "--copies", "3", "--size", "64",
-                        "--bf16-teachers", "", "--quiet"]) == 0
     run = tmp_path / "run"
-    kwargs = {"input_size": 64, "pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None}
     engine.train(engine.load_config(None, [
-        "stage=pairs", f"labels={out}", f"labels_images={photos}", f"output_dir={run}", "regress_weight=0",
-        "image_size=64", f"backbone_kwargs={json.dumps(kwargs)}", "batch_size=2", "num_workers=0", "log_every=1",
-        "warmup_steps=1", "checkpoint_every=2", f"teachers_dir={shared_dir / 'teachers'}", "max_steps=3",
+        *tiny_pairs_run(shared_dir, tmp_path), f"output_dir={run}", "max_steps=3",
         "hard_kind=denoiser", "hard_pairs_per_step=4", "hard_mine_every=2", "hard_mine_refs=2", "hard_sizes=[32]",
         "hard_denoiser_width=8", "hard_denoiser_depth=3", "hard_denoiser_batch=2", "hard_within_weight=1.0",
         "hard_buffer=8", "hard_lr=0.001"]))

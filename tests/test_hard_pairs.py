@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_fixtures import smooth_photos
+from data_fixtures import tiny_pairs_run
 from lipsim_metric import create_backbone
 from lipsim_metric.certificates import cosine_distance
 from lipsim_metric.train.hard_pairs import (
@@ -122,18 +122,10 @@ def test_buffer_evicts_oldest_samples_and_round_trips() -> None:
 
 
 def test_stage_pairs_with_hard_pairs_trains_checkpoints_and_resumes(shared_dir: Path, tmp_path: Path) -> None:
-    from lipsim_metric.train import engine, labels
+    from lipsim_metric.train import engine
 
-    photos = smooth_photos(tmp_path / "photos", 2)
-    out = tmp_path / "set"
-    assert labels.main(["build", "--images", str(photos), "--out", str(out), "--teachers", "lpips-alex",
-                        "--teachers-dir", str(shared_dir / "teachers"), "--copies", "3", "--size", "64",
-                        "--bf16-teachers", "", "--quiet"]) == 0
     run = tmp_path / "run"
-    kwargs = {"input_size": 64, "pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None}
-    settings = ["stage=pairs", f"labels={out}", f"labels_images={photos}", f"output_dir={run}", "regress_weight=0",
-                "image_size=64", f"backbone_kwargs={json.dumps(kwargs)}", "batch_size=2", "num_workers=0",
-                "log_every=1", "warmup_steps=1", "checkpoint_every=2", f"teachers_dir={shared_dir / 'teachers'}",
+    settings = [*tiny_pairs_run(shared_dir, tmp_path), f"output_dir={run}",
                 "hard_pairs_per_step=2", "hard_mine_every=1", "hard_mine_refs=1", "hard_mine_steps=2"]
     engine.train(engine.load_config(None, [*settings, "max_steps=2"]))
     saved = run / "checkpoint" / "hard_pairs.safetensors"
