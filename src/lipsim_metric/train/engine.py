@@ -114,6 +114,7 @@ class TrainConfig:
     hard_denoiser_batch: int = 8  # crops per adversary update (one update per training step)
     hard_denoiser_reset: int = 200  # adversary updates between restarts from the identity (0: never)
     hard_within_weight: float = 0.0  # "denoiser": RankNet between the noisy crop and the output of the same crop
+    hard_within_teachers: list[str] = field(default_factory=list)  # teachers of that term (empty: all of the set's)
     # optimisation
     batch_size: int = 16
     lr: float = 1e-3
@@ -349,6 +350,7 @@ def train(cfg: TrainConfig) -> Path:
     dist_teachers = _Teachers(cfg.distance_teachers, cfg.teachers_dir) if need_rank else None
 
     consensus = None
+    within_columns: list[int] | None = None
     if pairs:
         from .labels import ConcatPairLabelSets, PairLabelSet
         from .pair_objective import ConsensusTarget
@@ -361,6 +363,11 @@ def train(cfg: TrainConfig) -> Path:
                 PairLabelSet(root, photo_dir, cache=cfg.num_workers == 0, flip=True)  # type: ignore[arg-type]
                 for root in cfg.extra_labels])
         consensus = ConsensusTarget(dataset.distances)  # type: ignore[attr-defined]
+        unknown = sorted(set(cfg.hard_within_teachers) - set(dataset.teachers))  # type: ignore[attr-defined]
+        if unknown:
+            raise ValueError(f"hard_within_teachers {unknown} are not teachers of the label set "
+                             f"{dataset.teachers}")  # type: ignore[attr-defined]
+        within_columns = [dataset.teachers.index(t) for t in cfg.hard_within_teachers] or None  # type: ignore[attr-defined]
         sets = ", ".join([cfg.labels, *cfg.extra_labels])  # type: ignore[list-item]
         acc.print(f"pair label set {sets}: {len(dataset)} references x {dataset.cfg.copies} copies, "  # type: ignore[arg-type,attr-defined]
                   f"teachers {dataset.teachers}")  # type: ignore[attr-defined]
@@ -506,7 +513,7 @@ def train(cfg: TrainConfig) -> Path:
                 n_main = b * (k + 1)
                 hard = (emb[n_main:], hard_dist.to(emb.device)) if buffer is not None else None
                 loss = loss + pair_terms(cfg, emb[:n_main], norms[:n_main], batch["distances"].to(emb.device),
-                                          consensus, b, k, logs, hard)
+                                          consensus, b, k, logs, hard, within_columns)
                 if adversary is not None:  # the adversary's own loss-example numbers, under the current student
                     res = adversary.last
                     logs.update(adv_loss=res["loss"], adv_psnr_out=res["psnr_out"], adv_psnr_noisy=res["psnr_noisy"])

@@ -69,11 +69,13 @@ def ranking_hinge(d_student: torch.Tensor, d_teacher: torch.Tensor, margin: floa
 
 def pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distances: torch.Tensor,
                 consensus: Any, b: int, k: int, logs: dict[str, torch.Tensor],
-                hard: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                hard: tuple[torch.Tensor, torch.Tensor] | None = None,
+                within_columns: list[int] | None = None) -> torch.Tensor:
     """Loss of stage "pairs" (see :mod:`lipsim_metric.train.pair_objective`) for ``b`` references x ``k`` copies.
 
     ``hard``: ``(embeddings (2H, D), teacher distances (H, T))`` of ``H`` mined pairs (references then mined images),
-    appended to the batch's pairs in the correlation and pooled-ranking terms.
+    appended to the batch's pairs in the correlation and pooled-ranking terms. ``within_columns``: the teachers (columns
+    of ``T``) of the within-group term of ``hard_within_weight`` (``None``: all).
     """
     from .pair_objective import correlation_loss, pooled_ranking_loss
 
@@ -95,7 +97,8 @@ def pair_terms(cfg: TrainConfig, emb: torch.Tensor, norms: torch.Tensor, distanc
         if cfg.hard_within_weight > 0:  # groups (noisy crop, denoiser output): lipsim_metric.train.denoiser_adversary
             from .denoiser_adversary import within_group_ranking
 
-            within, agree_w = within_group_ranking(score_h, t_h, cfg.rank_temperature)
+            t_w = t_h if within_columns is None else t_h[:, within_columns]
+            within, agree_w = within_group_ranking(score_h, t_w, cfg.rank_temperature)
             loss = loss + cfg.hard_within_weight * within
             logs["within"], logs["within_agreement"] = within.detach(), agree_w
         teacher = torch.cat([teacher.transpose(0, 1).reshape(teacher.shape[1], -1), t_h.t()], dim=1)  # (T, P)
