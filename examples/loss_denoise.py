@@ -48,6 +48,7 @@ from torch import nn
 from lipsim_metric import LipSim
 from lipsim_metric.evaluation.baselines import NegativePSNR, ssim
 from lipsim_metric.images import find_images, load_image
+from lipsim_metric.train.denoiser_adversary import TinyDenoiser
 
 SHARED_DIR = Path(os.environ.get("LIPSIM_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 LOSSES = ("l1", "l2", "lipsim", "lpips-vgg")
@@ -124,27 +125,10 @@ def training_batches(photos: Sequence[torch.Tensor], steps: int, batch_size: int
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class Denoiser(nn.Module):
-    """DnCNN-style residual denoiser (Zhang et al., IEEE TIP 2017), shrunk: ``depth`` 3x3 convs of ``width``.
-
-    The network predicts the noise; the output is ``clamp(noisy - noise, 0, 1)``. The last conv starts at zero, so
-    the untrained model is the identity and every loss starts from the same point.
-    """
-
-    def __init__(self, width: int, depth: int) -> None:
-        super().__init__()
-        if depth < 2:
-            raise ValueError(f"depth must be at least 2 convolutions, got {depth}")
-        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
-        for _ in range(depth - 2):
-            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
-        last = nn.Conv2d(width, 3, 3, padding=1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.body = nn.Sequential(*layers, last)
-
-    def forward(self, noisy: torch.Tensor) -> torch.Tensor:
-        return (noisy - self.body(noisy)).clamp(0.0, 1.0)
+#: DnCNN-style residual denoiser (Zhang et al., IEEE TIP 2017), shrunk: ``depth`` 3x3 convs of ``width``; it predicts
+#: the noise, outputs ``clamp(noisy - noise, 0, 1)`` and starts as the identity (its last conv is zero), so every loss
+#: starts from the same point. Training with ``hard_kind: denoiser`` uses the same network as an adversary.
+Denoiser = TinyDenoiser
 
 
 # ----------------------------------------------------------------------------------------------------------------
