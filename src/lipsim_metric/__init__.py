@@ -4,7 +4,7 @@ Quick start::
 
     from lipsim_metric import LipSim
     metric = LipSim()                      # shipped pretrained 1-Lipschitz weights
-    metric = LipSim.from_pretrained("lipsim-fast.perceptual-cpu-v3")   # the same, named (or a .safetensors path)
+    metric = LipSim.from_pretrained("lipsim-fast.perceptual-cpu-v4")   # the same, named (or a .safetensors path)
     d = metric(img0, img1)                 # (N,) cosine distances, images (N, 3, H, W) in [0, 1]
     d, radius = metric(img0, img1, return_radius=True)
     cert = metric.certify_2afc(ref, img0, img1)

@@ -222,7 +222,7 @@ class LipSim(nn.Module):
 
         Example:
             >>> from lipsim_metric import LipSim
-            >>> metric = LipSim.from_pretrained("lipsim-fast.perceptual-cpu-v3")  # same as LipSim()
+            >>> metric = LipSim.from_pretrained("lipsim-fast.perceptual-cpu-v4")  # same as LipSim()
             >>> metric.pretrained_cfg.projection
             'append'
         """
@@ -383,7 +383,7 @@ def create_metric(name: WeightsSpec | None = None, pretrained: bool = True, **kw
     """timm-style factory: ``create_metric()`` is ``LipSim()``.
 
     Args:
-        name: registered weights (``"lipsim-fast.perceptual-cpu-v3"``), a backbone variant (``"lipsim-fast"``: its
+        name: registered weights (``"lipsim-fast.perceptual-cpu-v4"``), a backbone variant (``"lipsim-fast"``: its
             default weights, or with ``pretrained=False`` a random network), a ``.safetensors`` path or a
             :class:`~lipsim_metric.PretrainedCfg`. Default: the shipped default weights.
         pretrained: ``False`` for a random network; ``name`` must then be a variant (or ``None``).

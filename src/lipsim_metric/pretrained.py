@@ -171,7 +171,7 @@ def untrained_cfg(variant: str) -> PretrainedCfg:
 _PRETRAINED: dict[str, PretrainedCfg] = {}
 
 #: Name of the weights :class:`lipsim_metric.LipSim` loads by default.
-DEFAULT_WEIGHTS = "lipsim-fast.perceptual-cpu-v3"
+DEFAULT_WEIGHTS = "lipsim-fast.perceptual-cpu-v4"
 
 
 def register_pretrained(cfg: PretrainedCfg) -> PretrainedCfg:
@@ -207,6 +207,7 @@ RETIRED_WEIGHTS: dict[str, str] = {
     "lipsim-fast.robust-alex-cpu-v4": "139315c",
     "lipsim-fast.perceptual-cpu-v1": "aa7c61e",
     "lipsim-fast.perceptual-cpu-v2": "aa7c61e",
+    "lipsim-fast.perceptual-cpu-v3": "98a5b69",
 }
 
 
@@ -319,24 +320,23 @@ def load_state_dict_strict(module: nn.Module,
 
 # --- registered weights -------------------------------------------------------------------------------------------
 
-# Earlier weights of this project (distill-alex-cpu-v1, robust-alex-cpu-v1/v3/v4, perceptual-cpu-v1/v2) are no longer
-# shipped or registered (RETIRED_WEIGHTS);
+# Earlier weights of this project (distill-alex-cpu-v1, robust-alex-cpu-v1/v3/v4, perceptual-cpu-v1/v2/v3) are no
+# longer shipped or registered (RETIRED_WEIGHTS);
 # their files are in git history and load by path, with their metadata: docs/model_card.md, "Earlier weights".
 register_pretrained(
     PretrainedCfg(
         name=DEFAULT_WEIGHTS,
         variant="lipsim-fast",
-        filename="lipsim-fast.perceptual-cpu-v3.safetensors",
+        filename="lipsim-fast.perceptual-cpu-v4.safetensors",
         hf_hub_id="lipsim-metric/lipsim-fast",
         revision="main",
-        sha256="ff37f77a5128071bdef29eb9a80bfcfa7fc574abb1e8e214512165edb0c4b872",
+        sha256="a21ccf6a22280fb3716fe45cb5f22b14febee258da23c0ea0d25687602c7fe51",
         backbone_kwargs={"pooling": "mean_std", "channel_scale": True, "linear_depth": 0, "embed_dim": None},
         input_size=224,
-        training="distance distillation (stage 'pairs') of LPIPS-VGG, DISTS and LPIPS-Alex distances on 800 x 6 "
-        "labelled distortion pairs of ../shared/images/train (recipe 2) with the certified-radius hinge, plus hard "
-        "pairs mined by the loss example's own attack (noisy copies hidden behind photometric changes) and labelled "
-        "by the same teachers; mean/std pooling; 2 CPU cores (configs/pairs_shortcut_v2.yaml, from "
-        "perceptual-cpu-v2)",
+        training="distance distillation (stage 'pairs') of LPIPS-VGG, DISTS and LPIPS-Alex distances on labelled "
+        "distortion pairs of ../shared/images/train (recipe 2) with the certified-radius hinge, plus hard pairs from "
+        "the loss example's own denoiser trained against the student during training (hard_kind denoiser), labelled "
+        "by the same teachers; mean/std pooling; 2 CPU cores (configs/pairs_denoiser2_v3.yaml, from perceptual-cpu-v3)",
         model_card="docs/model_card.md",
     )
 )
