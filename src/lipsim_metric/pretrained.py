@@ -217,7 +217,7 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
     if name in RETIRED_WEIGHTS and name not in _PRETRAINED:
         short = name.split(".", 1)[1]
         raise ValueError(
-            f"pretrained weights {name!r} are no longer shipped (docs/model_card.md, 'Earlier weights'); the default "
+            f"pretrained weights {name!r} are no longer shipped (their cards: docs/model_card_history.md); the default "
             f"is now {DEFAULT_WEIGHTS!r}. To use the old file, take it from the project's git history and load it "
             f"by path: `git show {RETIRED_WEIGHTS[name]}:weights/{name}.safetensors > {short}.safetensors`, then "
             f"LipSim(weights='{short}.safetensors')."
@@ -322,7 +322,7 @@ def load_state_dict_strict(module: nn.Module,
 
 # Earlier weights of this project (distill-alex-cpu-v1, robust-alex-cpu-v1/v3/v4, perceptual-cpu-v1/v2/v3) are no
 # longer shipped or registered (RETIRED_WEIGHTS);
-# their files are in git history and load by path, with their metadata: docs/model_card.md, "Earlier weights".
+# their files are in git history and load by path, with their metadata: docs/model_card_history.md.
 register_pretrained(
     PretrainedCfg(
         name=DEFAULT_WEIGHTS,
