@@ -4,6 +4,7 @@ test_valsets, test_pair_labels, test_hard_pairs): deterministic noise photos and
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,16 @@ def tiny_pairs_run(shared_dir: Path, tmp_path: Path) -> list[str]:
     return ["stage=pairs", f"labels={out}", f"labels_images={photos}", "regress_weight=0", "image_size=64",
             f"backbone_kwargs={json.dumps(kwargs)}", "batch_size=2", "num_workers=0", "log_every=1",
             "warmup_steps=1", "checkpoint_every=2", f"teachers_dir={shared_dir / 'teachers'}"]
+
+
+def tiny_embedder() -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """A seeded mean/std ``lipsim-fast`` at 64 px (eval mode) and its projected embedder (no autocast)."""
+    import contextlib
+
+    from lipsim_metric import create_backbone
+    from lipsim_metric.train.hard_pairs import projected_embedder
+
+    torch.manual_seed(0)
+    net = create_backbone("lipsim-fast", input_size=64, pooling="mean_std", channel_scale=True, linear_depth=0,
+                          embed_dim=None).eval()
+    return net, projected_embedder(net, "append", 1.0, contextlib.nullcontext)

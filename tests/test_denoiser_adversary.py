@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from data_fixtures import tiny_pairs_run
-from lipsim_metric import create_backbone
+from data_fixtures import tiny_embedder, tiny_pairs_run
 from lipsim_metric.train.denoiser_adversary import DenoiserAdversary, TinyDenoiser, within_group_ranking
-from lipsim_metric.train.hard_pairs import HardPairBuffer, TeacherLabeller, projected_embedder
-
-
-def _embedder() -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-    torch.manual_seed(0)
-    net = create_backbone("lipsim-fast", input_size=64, pooling="mean_std", channel_scale=True, linear_depth=0,
-                          embed_dim=None).eval()
-    return net, projected_embedder(net, "append", 1.0, contextlib.nullcontext)
+from lipsim_metric.train.hard_pairs import HardPairBuffer, TeacherLabeller
 
 
 def test_tiny_denoiser_starts_as_the_identity() -> None:
@@ -32,7 +22,7 @@ def test_tiny_denoiser_starts_as_the_identity() -> None:
 
 
 def test_adversary_lowers_its_loss_leaves_the_student_alone_and_restarts() -> None:
-    net, embed = _embedder()
+    net, embed = tiny_embedder()
     refs = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     adv = DenoiserAdversary(width=8, depth=3, lr=3e-3, crop=32, sigma_range=(0.1, 0.1), batch=4, reset_every=30,
                             image_size=64, seed=0)
@@ -98,8 +88,10 @@ def test_labeller_copies_equal_pairwise_calls(shared_dir: Path) -> None:
     ref, a, b = (torch.rand(2, 3, 64, 64, generator=g) for _ in range(3))
     both = lab.copies(ref, [a, b])
     assert both.shape == (2, 2, 2)
-    assert torch.allclose(both[:, 0], lab(ref, a), rtol=1e-4, atol=1e-6)
-    assert torch.allclose(both[:, 1], lab(ref, b), rtol=1e-4, atol=1e-6)
+    pairwise = [torch.stack([net(ref, y).flatten() for net in lab.nets], dim=1) for y in (a, b)]  # the teachers' own
+    assert torch.allclose(both[:, 0], pairwise[0], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(both[:, 1], pairwise[1], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(lab(ref, a), pairwise[0], rtol=1e-4, atol=1e-6)  # one copy: the pairwise labeller
 
 
 def test_stage_pairs_with_the_denoiser_adversary_trains(shared_dir: Path, tmp_path: Path) -> None:

@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from data_fixtures import tiny_pairs_run
-from lipsim_metric import create_backbone
+from data_fixtures import tiny_embedder, tiny_pairs_run
 from lipsim_metric.certificates import cosine_distance
 from lipsim_metric.train.hard_pairs import (
     HardPairBuffer,
     mine_blind_perturbations,
     mine_loss_shortcuts,
-    projected_embedder,
 )
 
 
-def _embedder() -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
-    torch.manual_seed(0)
-    net = create_backbone("lipsim-fast", input_size=64, pooling="mean_std", channel_scale=True, linear_depth=0,
-                          embed_dim=None).eval()
-    return net, projected_embedder(net, "append", 1.0, contextlib.nullcontext)
-
-
 def test_mining_keeps_the_energy_and_lowers_the_distance() -> None:
-    net, embed = _embedder()
+    net, embed = tiny_embedder()
     ref = 0.25 + 0.5 * torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     kwargs = {"rms_range": (0.02, 0.05)}
     start = mine_blind_perturbations(embed, ref, steps=0, generator=torch.Generator().manual_seed(3), **kwargs)
@@ -52,7 +41,7 @@ def test_mining_keeps_the_energy_and_lowers_the_distance() -> None:
 
 
 def test_mining_from_uniform_noise_and_bad_arguments() -> None:
-    _, embed = _embedder()
+    _, embed = tiny_embedder()
     ref = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     y = mine_blind_perturbations(embed, ref, steps=2, rms_range=(0.01, 0.01), uniform_fraction=1.0,
                                  generator=torch.Generator().manual_seed(0))
@@ -72,7 +61,7 @@ def test_mining_from_uniform_noise_and_bad_arguments() -> None:
 
 
 def test_loss_shortcuts_lower_the_loss_example_loss_and_are_seeded() -> None:
-    net, embed = _embedder()
+    net, embed = tiny_embedder()
     ref = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     kwargs = {"sigma_range": (0.05, 0.2), "size": 32, "lr": 0.01}
     seen, noisy, y0 = mine_loss_shortcuts(embed, ref, steps=0, generator=torch.Generator().manual_seed(5), **kwargs)

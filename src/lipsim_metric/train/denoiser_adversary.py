@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..certificates import cosine_distance
+from .hard_pairs import _resize  # the metric's resize (antialiased bilinear)
 
 __all__ = ["TinyDenoiser", "DenoiserAdversary", "within_group_ranking"]
 
@@ -62,13 +63,6 @@ class TinyDenoiser(nn.Module):
 
     def forward(self, noisy: torch.Tensor) -> torch.Tensor:
         return (noisy - self.body(noisy)).clamp(0.0, 1.0)
-
-
-def _up(images: torch.Tensor, size: int) -> torch.Tensor:
-    """The metric's resize (antialiased bilinear) to ``size x size``."""
-    if images.shape[-2:] == (size, size):
-        return images
-    return nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 class DenoiserAdversary:
@@ -130,7 +124,8 @@ class DenoiserAdversary:
 
         Returns detached tensors: ``clean``, ``noisy``, ``out`` (crops, ``(batch, 3, crop, crop)``), their versions
         seen by the student ``clean_seen``, ``noisy_seen``, ``out_seen`` (``image_size``), and scalars ``loss``
-        (the denoiser's loss before the update), ``psnr_out``, ``psnr_noisy`` (dB, means over the crops).
+        (the denoiser's loss before the update), ``psnr_out``, ``psnr_noisy`` (dB, means over the crops); also
+        kept as :attr:`last`.
         """
         device = refs.device
         if self.reset_every and self.since_reset >= self.reset_every:
@@ -142,11 +137,11 @@ class DenoiserAdversary:
         u = torch.rand(clean.shape[0], generator=self.generator)
         sigma = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))).view(-1, 1, 1, 1).to(device)
         noisy = (clean + sigma * torch.randn(clean.shape, generator=self.generator).to(device)).clamp(0, 1)
-        clean_seen = _up(clean, self.image_size)
+        clean_seen = _resize(clean, self.image_size)
         with torch.no_grad():
             e_clean = embed(clean_seen).float()
         out = self.net(noisy)
-        out_seen = _up(out, self.image_size)
+        out_seen = _resize(out, self.image_size)
         loss = (cosine_distance(e_clean, embed(out_seen).float())
                 + self.l1_weight * (out - clean).abs().flatten(1).mean(1)).mean()
         params = list(self.net.parameters())
@@ -163,9 +158,10 @@ class DenoiserAdversary:
             return (-10 * mse.log10()).mean()
 
         out = out.detach()
-        return {"clean": clean, "noisy": noisy, "out": out, "clean_seen": clean_seen.detach(),
-                "noisy_seen": _up(noisy, self.image_size).detach(), "out_seen": out_seen.detach(),
-                "loss": loss.detach(), "psnr_out": psnr(out), "psnr_noisy": psnr(noisy)}
+        self.last = {"clean": clean, "noisy": noisy, "out": out, "clean_seen": clean_seen.detach(),
+                     "noisy_seen": _resize(noisy, self.image_size).detach(), "out_seen": out_seen.detach(),
+                     "loss": loss.detach(), "psnr_out": psnr(out), "psnr_noisy": psnr(noisy)}
+        return self.last
 
 
 def within_group_ranking(score: torch.Tensor, teacher: torch.Tensor,

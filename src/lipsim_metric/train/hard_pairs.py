@@ -148,22 +148,16 @@ class TeacherLabeller:
         self.nets = [build_distance_teacher(n, teachers_dir=teachers_dir).eval().to(memory_format=torch.channels_last)
                      for n in self.names]
 
-    @torch.no_grad()
     def __call__(self, ref: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ref = ref.float().contiguous(memory_format=torch.channels_last)
-        y = y.float().contiguous(memory_format=torch.channels_last)
-        out = []
-        for name, net in zip(self.names, self.nets, strict=True):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name in self.bf16 and ref.device.type == "cpu"):
-                out.append(cast(Any, net)(ref, y).float().flatten())
-        return torch.stack(out, dim=1)
+        """Distances ``(N, T)`` between ``ref`` and ``y`` (``(N, 3, H, W)``)."""
+        return self.copies(ref, [y])[:, 0]
 
     @torch.no_grad()
     def copies(self, ref: torch.Tensor, copies: Sequence[torch.Tensor]) -> torch.Tensor:
         """Distances ``(B, K, T)`` from ``ref`` (``(B, 3, H, W)``) to each of ``K`` image batches of its shape.
 
-        Equal to calling the labeller on ``(ref, copies[k])`` for each ``k``, but each reference's features are
-        computed once (``B + B K`` trunk passes instead of ``2 B K``).
+        Equal to each teacher's ``net(ref, copies[k])`` for each ``k``, but each reference's features are computed
+        once (``B + B K`` trunk passes instead of ``2 B K``).
         """
         ref = ref.float().contiguous(memory_format=torch.channels_last)
         flat = torch.cat([c.float() for c in copies]).contiguous(memory_format=torch.channels_last)
@@ -289,7 +283,6 @@ def hard_batch(cfg: Any, acc: Any, student: torch.nn.Module, ref: torch.Tensor, 
             raise ValueError("hard_kind 'denoiser' needs the adversary")
         embed = projected_embedder(student, cfg.projection, cfg.constant, acc.autocast)
         res = adversary.step(embed, ref.to(acc.device))
-        adversary.last = res
         if step % cfg.hard_mine_every == 0 or not len(buffer):
             m = min(cfg.hard_mine_refs, res["clean_seen"].shape[0])
             clean, noisy, out = res["clean_seen"][:m], res["noisy_seen"][:m], res["out_seen"][:m]
