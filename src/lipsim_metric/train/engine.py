@@ -114,7 +114,8 @@ class TrainConfig:
     hard_denoiser_batch: int = 8  # crops per adversary update (one update per training step)
     hard_denoiser_reset: int = 200  # adversary updates between restarts from the identity (0: never)
     hard_within_weight: float = 0.0  # "denoiser": RankNet between the noisy crop and the output of the same crop
-    hard_within_teachers: list[str] = field(default_factory=list)  # teachers of that term (empty: all of the set's)
+    hard_within_teachers: list[str] = field(default_factory=list)  # teachers of that term (empty: all pair_teachers)
+    pair_teachers: list[str] = field(default_factory=list)  # stage "pairs": teachers of the objective (empty: all)
     # optimisation
     batch_size: int = 16
     lr: float = 1e-3
@@ -351,6 +352,8 @@ def train(cfg: TrainConfig) -> Path:
 
     consensus = None
     within_columns: list[int] | None = None
+    pair_columns: list[int] = []
+    objective_teachers: list[str] = []
     if pairs:
         from .labels import ConcatPairLabelSets, PairLabelSet
         from .pair_objective import ConsensusTarget
@@ -362,15 +365,21 @@ def train(cfg: TrainConfig) -> Path:
             dataset = ConcatPairLabelSets([dataset] + [  # type: ignore[list-item]
                 PairLabelSet(root, photo_dir, cache=cfg.num_workers == 0, flip=True)  # type: ignore[arg-type]
                 for root in cfg.extra_labels])
-        consensus = ConsensusTarget(dataset.distances)  # type: ignore[attr-defined]
-        unknown = sorted(set(cfg.hard_within_teachers) - set(dataset.teachers))  # type: ignore[attr-defined]
+        set_teachers: list[str] = list(dataset.teachers)  # type: ignore[attr-defined]
+        unknown = sorted(set(cfg.pair_teachers) - set(set_teachers))
         if unknown:
-            raise ValueError(f"hard_within_teachers {unknown} are not teachers of the label set "
-                             f"{dataset.teachers}")  # type: ignore[attr-defined]
-        within_columns = [dataset.teachers.index(t) for t in cfg.hard_within_teachers] or None  # type: ignore[attr-defined]
+            raise ValueError(f"pair_teachers {unknown} are not teachers of the label set {set_teachers}")
+        objective_teachers = list(cfg.pair_teachers) or set_teachers
+        pair_columns = [set_teachers.index(t) for t in objective_teachers]
+        consensus = ConsensusTarget(dataset.distances[:, pair_columns])  # type: ignore[attr-defined]
+        unknown = sorted(set(cfg.hard_within_teachers) - set(objective_teachers))
+        if unknown:
+            raise ValueError(f"hard_within_teachers {unknown} are not among the objective's teachers "
+                             f"{objective_teachers} (pair_teachers, or the label set's)")
+        within_columns = [objective_teachers.index(t) for t in cfg.hard_within_teachers] or None
         sets = ", ".join([cfg.labels, *cfg.extra_labels])  # type: ignore[list-item]
         acc.print(f"pair label set {sets}: {len(dataset)} references x {dataset.cfg.copies} copies, "  # type: ignore[arg-type,attr-defined]
-                  f"teachers {dataset.teachers}")  # type: ignore[attr-defined]
+                  f"teachers {set_teachers}, objective on {objective_teachers}")
     elif human:
         dataset = _human_triplets(cfg.triplets, cfg.image_size)  # type: ignore[arg-type]
     else:
@@ -437,7 +446,7 @@ def train(cfg: TrainConfig) -> Path:
                          backbone_kwargs=backbone_kwargs, projection=cfg.projection, constant=cfg.constant,
                          training=json.dumps({"stage": cfg.stage, "step": state["step"],
                                               "embedding_teacher": cfg.embedding_teacher,
-                                              "distance_teachers": (dataset.teachers if pairs  # type: ignore[attr-defined]
+                                              "distance_teachers": (objective_teachers if pairs
                                                                     else cfg.distance_teachers),
                                               "labels": cfg.labels}))
         return path
@@ -511,9 +520,11 @@ def train(cfg: TrainConfig) -> Path:
                 logs["pair_agreement"] = ((y * (d0 - d1)) > 0)[keep].float().mean()
             if pairs and consensus is not None:
                 n_main = b * (k + 1)
+                hard_dist = hard_dist[:, pair_columns] if hard_dist.dim() == 2 else hard_dist
                 hard = (emb[n_main:], hard_dist.to(emb.device)) if buffer is not None else None
-                loss = loss + pair_terms(cfg, emb[:n_main], norms[:n_main], batch["distances"].to(emb.device),
-                                          consensus, b, k, logs, hard, within_columns)
+                loss = loss + pair_terms(cfg, emb[:n_main], norms[:n_main],
+                                         batch["distances"][:, pair_columns].to(emb.device),
+                                         consensus, b, k, logs, hard, within_columns)
                 if adversary is not None:  # the adversary's own loss-example numbers, under the current student
                     res = adversary.last
                     logs.update(adv_loss=res["loss"], adv_psnr_out=res["psnr_out"], adv_psnr_noisy=res["psnr_noisy"])
