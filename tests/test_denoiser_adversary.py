@@ -102,7 +102,7 @@ def test_stage_pairs_with_the_denoiser_adversary_trains(shared_dir: Path, tmp_pa
                 "hard_kind=denoiser", "hard_pairs_per_step=4", "hard_mine_every=2", "hard_mine_refs=2",
                 "hard_sizes=[32]", "hard_denoiser_width=8", "hard_denoiser_depth=3", "hard_denoiser_batch=2",
                 "hard_within_weight=1.0", "hard_buffer=8", "hard_lr=0.001"]
-    with pytest.raises(ValueError, match="not teachers of the label set"):
+    with pytest.raises(ValueError, match="not among the objective's teachers"):
         engine.train(engine.load_config(None, [*settings, "hard_within_teachers=[dists]"]))
     engine.train(engine.load_config(None, [*settings, "hard_within_teachers=[lpips-alex]"]))
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
